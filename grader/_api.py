@@ -1,0 +1,54 @@
+"""The keyword-only Python API behind the `grade` command (and notebooks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._catalog import Course, load_course
+from ._results import GradeResult
+
+SOLUTION_APP = "solutions.app"
+DEFAULT_APP = "starter_app"
+DEFAULT_TIMEOUT = 180.0
+DEFAULT_REQUEST_TIMEOUT = 5.0
+
+
+def grade(
+    exercise: str,
+    *,
+    app: str | None = None,
+    solution: bool = False,
+    app_path: str | Path | None = None,
+    course: Course | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> GradeResult:
+    """Grade one exercise against an app package and return the results.
+
+    `app` names the package to grade (default `starter_app`); `solution=True` grades the
+    reference app instead. The package is imported from `app_path` (default: the current
+    folder) in a child process, so nothing the app does can break the caller.
+    `timeout` bounds the whole run, `request_timeout` each request to the app.
+    """
+    from ._runner import grade_exercise
+
+    if app is not None and solution:
+        raise ValueError("give either app= or solution=True, not both")
+    return grade_exercise(
+        course or load_course(),
+        exercise,
+        app=SOLUTION_APP if solution else (app or DEFAULT_APP),
+        app_path=Path(app_path or Path.cwd()).resolve(),
+        timeout=timeout,
+        request_timeout=request_timeout,
+    )
+
+
+def save_report(result: GradeResult, folder: str | Path) -> Path:
+    """Write the JSON report as `<folder>/<exercise>-<app>.json` and return its path."""
+    from ._render import to_json
+
+    path = Path(folder) / f"{result.exercise}-{result.app}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(result), encoding="utf-8")
+    return path

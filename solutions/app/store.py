@@ -1,0 +1,138 @@
+"""In-memory user storage, standing in for a database.
+
+Deliberate flaw, kept for exercise 10.4: the users and the id counter live in CLASS
+attributes, i.e. in the memory of one Python process. Every app object in that process
+shares them, which feels like a database, but a second instance of the API (another uvicorn
+worker, container or machine) has its own empty copy: a user created through one instance
+is a 404 on the next. Scaling out means moving this state into a real shared store.
+"""
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from .metrics import Metrics, StoreOperation
+from .models import UserRecord
+
+
+class EmailTakenError(Exception):
+    """Another user that is not deleted already has this email."""
+
+
+class UserNotFoundError(Exception):
+    """No user with this id, or the user is soft-deleted."""
+
+
+class UserStore:
+    """Async CRUD over the process-wide list of users.
+
+    An instance only holds what differs between apps (its metrics and simulated latency);
+    the data is shared. Each public method counts one ``store_operations_total`` and sleeps
+    ``latency_ms`` once, like one round trip to a database server. No route calls more than
+    one of them, so the metric counts exactly the requests that reach the store.
+
+    Methods hand out copies of the records, as a database driver would: a caller that
+    mutates or caches a record cannot change what the store holds.
+    """
+
+    _users: ClassVar[list[UserRecord]] = []
+    # itertools.count is read via the class, so ids stay unique across all instances.
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
+
+    def __init__(self, *, metrics: Metrics, latency_ms: float = 0) -> None:
+        self._metrics = metrics
+        self._latency_seconds = latency_ms / 1000
+
+    async def list_users(self) -> list[UserRecord]:
+        """Users that are not deleted, by id."""
+        await self._round_trip("list")
+        return [replace(user) for user in self._users if user.deleted_at is None]
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        """The user with this id, or ``None`` if missing or deleted."""
+        await self._round_trip("get")
+        user = self._find_active(user_id)
+        return replace(user) if user else None
+
+    async def get_by_email(self, email: str) -> UserRecord | None:
+        """The user with this email (case-insensitive), or ``None`` if missing or deleted."""
+        await self._round_trip("get_by_email")
+        user = self._find_active_by_email(email)
+        return replace(user) if user else None
+
+    async def create_user(self, *, email: str, name: str, password_hash: str) -> UserRecord:
+        """Add a user with the next id; raises ``EmailTakenError``."""
+        await self._round_trip("create")
+        # No await between the check and the append: on one event loop nothing else can
+        # claim the email in between.
+        if self._find_active_by_email(email):
+            raise EmailTakenError(email)
+        now = datetime.now(UTC)
+        user = UserRecord(
+            id=next(self._ids),
+            email=email,
+            name=name,
+            password_hash=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
+        self._users.append(user)
+        return replace(user)
+
+    async def update_user(
+        self, user_id: int, *, email: str, name: str, password_hash: str | None = None
+    ) -> UserRecord:
+        """Replace email and name, and the password hash if given.
+
+        Raises ``UserNotFoundError`` or ``EmailTakenError``.
+        """
+        await self._round_trip("update")
+        user = self._find_active(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        owner = self._find_active_by_email(email)
+        if owner is not None and owner.id != user_id:
+            raise EmailTakenError(email)
+        user.email = email
+        user.name = name
+        if password_hash is not None:
+            user.password_hash = password_hash
+        user.updated_at = datetime.now(UTC)
+        return replace(user)
+
+    async def soft_delete_user(self, user_id: int) -> None:
+        """Mark the user deleted; raises ``UserNotFoundError`` if missing or already deleted.
+
+        The record stays (administrators still see it) but every other method ignores it,
+        and its email becomes free again.
+        """
+        await self._round_trip("delete")
+        user = self._find_active(user_id)
+        if user is None:
+            raise UserNotFoundError(user_id)
+        user.deleted_at = datetime.now(UTC)
+
+    async def list_all(self, *, include_deleted: bool) -> list[UserRecord]:
+        """All users by id, soft-deleted ones too if ``include_deleted``."""
+        await self._round_trip("list_all")
+        return [replace(user) for user in self._users if include_deleted or user.deleted_at is None]
+
+    async def _round_trip(self, operation: StoreOperation) -> None:
+        self._metrics.store_operations.labels(operation=operation).inc()
+        await asyncio.sleep(self._latency_seconds)
+
+    def _find_active(self, user_id: int) -> UserRecord | None:
+        return next(
+            (u for u in self._users if u.id == user_id and u.deleted_at is None),
+            None,
+        )
+
+    def _find_active_by_email(self, email: str) -> UserRecord | None:
+        wanted = email.casefold()
+        return next(
+            (u for u in self._users if u.email.casefold() == wanted and u.deleted_at is None),
+            None,
+        )

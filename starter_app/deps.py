@@ -1,0 +1,87 @@
+"""Dependencies shared by the routers.
+
+Everything stateful is built once per app in ``create_app`` and kept on ``app.state``; these
+functions hand it to the routes. Routes declare what they need with the ``...Dep`` aliases,
+and tests can swap any of them through ``app.dependency_overrides``.
+"""
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .metrics import Metrics
+from .models import UserRecord
+from .sessions import SessionStore
+from .settings import Settings
+from .store import UserStore
+
+# auto_error=False: we raise our own 401 below, with a clearer message. The scheme still
+# gives the OpenAPI docs their "Authorize" button.
+bearer_scheme = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_store(request: Request) -> UserStore:
+    return request.app.state.store
+
+
+def get_sessions(request: Request) -> SessionStore:
+    return request.app.state.sessions
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StoreDep = Annotated[UserStore, Depends(get_store)]
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def unauthorized(detail: str) -> HTTPException:
+    """A 401 with the ``WWW-Authenticate`` header that HTTP requires on it."""
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def get_bearer_token(credentials: CredentialsDep) -> str:
+    """The token from ``Authorization: Bearer <token>``; 401 if the header is missing."""
+    if credentials is None:
+        raise unauthorized("Not authenticated")
+    return credentials.credentials
+
+
+BearerTokenDep = Annotated[str, Depends(get_bearer_token)]
+
+
+async def get_current_user(
+    token: BearerTokenDep, sessions: SessionsDep, store: StoreDep
+) -> UserRecord:
+    """The logged-in user; 401 if the token is unknown or expired, or the user deleted."""
+    user_id = await sessions.get_user_id(token)
+    user = await store.get_user(user_id) if user_id is not None else None
+    if user is None:
+        raise unauthorized("Invalid or expired token")
+    return user
+
+
+CurrentUserDep = Annotated[UserRecord, Depends(get_current_user)]
+
+
+def require_admin(token: BearerTokenDep, settings: SettingsDep) -> None:
+    """Let the request through only with ``Authorization: Bearer <ADMIN_TOKEN>``."""
+    # compare_digest takes the same time wherever the first wrong character is, so the
+    # token cannot be guessed one character at a time from response times. It compares
+    # bytes because on str it raises for non-ASCII input, which a client controls.
+    if not secrets.compare_digest(token.encode(), settings.admin_token.encode()):
+        raise unauthorized("Invalid admin token")

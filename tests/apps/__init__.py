@@ -1,0 +1,1 @@
+"""Tests of the users API, run against both the starter app and the reference solution."""
