@@ -29,8 +29,17 @@ _ITEM_PATH = re.compile(r"^/users/(?P<user_id>\d+)$")
 _MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
+@dataclass(frozen=True)
+class CachedRoute:
+    """Put in the scope on a hit, where the router never runs, so that request metrics
+    still label the request with its route template (they read `scope["route"].path`)."""
+
+    path: str
+
+
 def item_tag(user_id: str | int) -> str:
-    return f"users:item:{user_id}"
+    # int(): /users/007 and /users/7 are the same user, so they must share a tag.
+    return f"users:item:{int(user_id)}"
 
 
 @dataclass(frozen=True)
@@ -145,22 +154,30 @@ class ResponseCacheMiddleware:
             return
         method, path = scope["method"], scope["path"]
         if method == "GET" and (policy := self._policy(path)) is not None:
-            ttl, tags = policy
-            await self._get(scope, receive, send, ttl=ttl, tags=tags)
+            ttl, tags, route = policy
+            await self._get(scope, receive, send, ttl=ttl, tags=tags, route=route)
         elif method in _MUTATIONS and (path == "/users" or _ITEM_PATH.match(path)):
             await self._mutation(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    def _policy(self, path: str) -> tuple[float, tuple[str, ...]] | None:
+    def _policy(self, path: str) -> tuple[float, tuple[str, ...], str] | None:
+        """TTL, tags and route template of a cacheable path; None if it is not cached."""
         if _LIST_PATH.match(path):
-            return self.list_ttl, (LIST_TAG,)
+            return self.list_ttl, (LIST_TAG,), "/users"
         if match := _ITEM_PATH.match(path):
-            return self.item_ttl, (item_tag(match["user_id"]),)
+            return self.item_ttl, (item_tag(match["user_id"]),), "/users/{user_id}"
         return None
 
     async def _get(
-        self, scope: Scope, receive: Receive, send: Send, *, ttl: float, tags: tuple[str, ...]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        ttl: float,
+        tags: tuple[str, ...],
+        route: str,
     ) -> None:
         key = _cache_key(scope)
         control = RequestCacheControl.parse(_header(scope, b"cache-control"))
@@ -168,6 +185,7 @@ class ResponseCacheMiddleware:
         entry = self.cache.get(key)
         if entry is not None and control.accepts(entry, now):
             self.lookups.labels("hit").inc()
+            scope["route"] = CachedRoute(route)
             remaining = math.ceil(entry.ttl - entry.age(now))
             extra = [
                 (b"x-cache", b"HIT"),
@@ -185,15 +203,16 @@ class ResponseCacheMiddleware:
             return
         self.lookups.labels("bypass" if entry is not None else "miss").inc()
         start, body = await _capture(self.app, scope, receive)
+        extra = [(b"x-cache", b"MISS")]
         if start["status"] == 200 and not control.no_store:
-            headers = list(start["headers"])
-            self.cache.set(key, CachedResponse(200, headers, body, self.cache.clock(), ttl), tags)
-        start["headers"] = [
-            *start["headers"],
-            (b"x-cache", b"MISS"),
-            (b"cache-control", f"public, max-age={math.ceil(ttl)}".encode()),
-        ]
-        await send(start)
+            self.cache.set(
+                key,
+                CachedResponse(200, list(start["headers"]), body, self.cache.clock(), ttl),
+                tags,
+            )
+            # Only a stored response advertises a lifetime: a 404 must not be kept downstream.
+            extra.append((b"cache-control", f"public, max-age={math.ceil(ttl)}".encode()))
+        await send({**start, "headers": [*start["headers"], *extra]})
         await send({"type": "http.response.body", "body": body})
 
     async def _mutation(self, scope: Scope, receive: Receive, send: Send) -> None:
