@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._catalog import Course, Exercise
+from ._catalog import Course, Criterion, Exercise
 from ._errors import GraderError
 from ._results import CriterionResult, GradeResult, TestOutcome, TestStatus
 
@@ -237,10 +237,7 @@ def build_result(
         for criterion_id in criteria:
             if criterion_id in by_criterion:
                 by_criterion[criterion_id].append(outcomes[nodeid])
-    results = [
-        _criterion_result(c, by_criterion[c.id]) if c.graded else _ungraded(c)
-        for c in exercise.criteria
-    ]
+    results = [_criterion_result(c, by_criterion[c.id]) for c in exercise.criteria]
     app_error = _common_app_error(run)
     return GradeResult(
         exercise=exercise.id,
@@ -253,10 +250,13 @@ def build_result(
     )
 
 
-def _criterion_result(criterion: Any, tests: list[TestOutcome]) -> CriterionResult:
+def _criterion_result(criterion: Criterion, tests: list[TestOutcome]) -> CriterionResult:
     failing = [t for t in tests if t.status in ("failed", "not run")]
     skipped = [t for t in tests if t.status == "skipped"]
-    if not tests:
+    if not criterion.graded:
+        status = "not graded"
+        message = "checks for this stretch goal come in a later release of the workbook"
+    elif not tests:
         status, message = "failed", "no graded test checks this criterion (a course defect)"
     elif failing:
         status, message = "failed", failing[0].message or f"{failing[0].name} failed"
@@ -273,18 +273,6 @@ def _criterion_result(criterion: Any, tests: list[TestOutcome]) -> CriterionResu
         status=status,  # type: ignore[arg-type]
         message=message,
         tests=tests,
-    )
-
-
-def _ungraded(criterion: Any) -> CriterionResult:
-    return CriterionResult(
-        id=criterion.id,
-        title=criterion.title,
-        kind=criterion.kind,
-        points=criterion.points,
-        hint=criterion.hint,
-        status="not graded",
-        message="checks for this stretch goal come in a later release of the workbook",
     )
 
 

@@ -1,0 +1,42 @@
+"""The reference app is a copy of the starter evolved by the exercises, file by file.
+
+The two packages share most of their code on purpose: learners edit `starter_app`, so the
+reference cannot import from it. This test keeps the copy honest: a fix to a shared file
+must land in both, and every file the reference changes is one an exercise explains.
+"""
+
+import filecmp
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# file -> the exercise whose solution changes or adds it
+EVOLVED = {
+    "__init__.py": "docstring only: names the package as the reference solution",
+    "cache.py": "10.1, new: the response cache middleware",
+    "main.py": "10.1: installs the cache middleware",
+    "settings.py": "10.1: the CACHE_* settings",
+}
+
+
+def python_files(package: Path) -> set[str]:
+    return {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+
+
+def test_reference_differs_from_the_starter_only_where_an_exercise_says() -> None:
+    starter, reference = ROOT / "starter_app", ROOT / "solutions" / "app"
+    differing = {
+        name
+        for name in python_files(starter) | python_files(reference)
+        if not (starter / name).is_file()
+        or not (reference / name).is_file()
+        or not filecmp.cmp(starter / name, reference / name, shallow=False)
+    }
+    assert differing == set(EVOLVED), (
+        f"unexpected differences: {sorted(differing - set(EVOLVED))}; "
+        f"listed but identical: {sorted(set(EVOLVED) - differing)}"
+    )
