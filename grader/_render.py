@@ -73,7 +73,10 @@ def _summary(result: GradeResult, report_path: Path | None) -> Text:
     text = Text("\n")
     text.append(f"{s.required_passed}/{s.required_total} required", style="bold")
     text.append(f" · {s.stretch_passed}/{s.stretch_total} stretch")
-    text.append(f" · {s.points}/{s.max_points} points · {result.duration:.1f} s\n")
+    text.append(f" · {s.points}/{s.max_points} points")
+    if s.max_bonus_points:
+        text.append(f" + {s.bonus_points}/{s.max_bonus_points} bonus")
+    text.append(f" · {result.duration:.1f} s\n")
     if result.passed:
         text.append("Exercise complete: every required criterion passes.", style="bold green")
     else:

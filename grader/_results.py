@@ -52,8 +52,10 @@ class Summary:
     required_total: int
     stretch_passed: int
     stretch_total: int
-    points: int
+    points: int  # from required criteria
     max_points: int
+    bonus_points: int  # from stretch goals
+    max_bonus_points: int
 
 
 @dataclass
@@ -72,14 +74,15 @@ class GradeResult:
     def summary(self) -> Summary:
         required = [c for c in self.criteria if c.kind == "required"]
         stretch = [c for c in self.criteria if c.kind == "stretch" and c.status != "not graded"]
-        graded = required + stretch
         return Summary(
             required_passed=sum(c.passed for c in required),
             required_total=len(required),
             stretch_passed=sum(c.passed for c in stretch),
             stretch_total=len(stretch),
-            points=sum(c.points for c in graded if c.passed),
+            points=sum(c.points for c in required if c.passed),
             max_points=sum(c.points for c in required),
+            bonus_points=sum(c.points for c in stretch if c.passed),
+            max_bonus_points=sum(c.points for c in stretch),
         )
 
     @property

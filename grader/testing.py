@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ._client import AppClient, short_body
 
 STORE_COUNTER = "store_operations_total"
+PASSWORD = "correct-horse-1"
 
 
 def fail(request: str, *, expected: str, observed: str) -> NoReturn:
@@ -59,8 +60,9 @@ class StoreWatch:
 class Api:
     """The learner's app, reached only through its HTTP contract."""
 
-    def __init__(self, client: AppClient) -> None:
+    def __init__(self, client: AppClient, *, admin_token: str) -> None:
         self._client = client
+        self.admin = {"Authorization": f"Bearer {admin_token}"}
 
     def request(
         self,
@@ -86,8 +88,15 @@ class Api:
     ) -> httpx.Response:
         return self.request("GET", path, headers=headers, expect=expect)
 
-    def post(self, path: str, json: Any, *, expect: int | None = None) -> httpx.Response:
-        return self.request("POST", path, json=json, expect=expect)
+    def post(
+        self,
+        path: str,
+        json: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        expect: int | None = None,
+    ) -> httpx.Response:
+        return self.request("POST", path, json=json, headers=headers, expect=expect)
 
     def put(self, path: str, json: Any, *, expect: int | None = None) -> httpx.Response:
         return self.request("PUT", path, json=json, expect=expect)
@@ -95,13 +104,18 @@ class Api:
     def delete(self, path: str, *, expect: int | None = None) -> httpx.Response:
         return self.request("DELETE", path, expect=expect)
 
+    def login(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        """POST /auth/login; returns the `Authorization` header for the session."""
+        body = self.post("/auth/login", {"email": email, "password": password}, expect=200)
+        return {"Authorization": f"Bearer {body.json()['access_token']}"}
+
     def gather_get(self, path: str, count: int) -> list[httpx.Response]:
         """`count` concurrent GETs of `path`."""
         return self._client.gather([("GET", path, None)] * count)
 
     def create_user(self, **fields: Any) -> dict[str, Any]:
         """POST /users with valid, unique data (overridable); returns the created user."""
-        body = {"email": unique_email(), "name": "Ada Lovelace", "password": "correct-horse-1"}
+        body = {"email": unique_email(), "name": "Ada Lovelace", "password": PASSWORD}
         body.update(fields)
         return self.post("/users", body, expect=201).json()
 

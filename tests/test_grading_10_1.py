@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 GRADE = str(Path(sys.executable).parent / "grade")
 REQUIRED = {"caching-middleware", "ttl", "invalidation", "cache-headers", "cache-control",
             "configuration"}  # fmt: skip
+STRETCH = {"redis", "redis-fallback", "redis-health", "cache-tags", "partition-by-user",
+           "compression", "stats-endpoint", "dashboard", "warming", "stampede"}  # fmt: skip
 
 
 def run_grade(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -33,28 +35,28 @@ def test_reference_passes_every_required_criterion(tmp_path: Path) -> None:
     done = run_grade("10.1", "--solution", "--format", "json", "--report-dir", "out", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
-    statuses = {c["id"]: c["status"] for c in report["criteria"] if c["kind"] == "required"}
-    assert statuses == dict.fromkeys(REQUIRED, "passed")
+    statuses = {c["id"]: c["status"] for c in report["criteria"]}
+    assert statuses == dict.fromkeys(REQUIRED | STRETCH, "passed")
     assert report["summary"]["required_passed"] == 6
+    assert report["summary"]["stretch_passed"] == 10
     saved = json.loads((tmp_path / "out" / "10.1-solutions.app.json").read_text())
     assert saved["criteria"] == report["criteria"]
 
 
-def test_starter_fails_every_required_criterion_with_a_message_and_a_hint(
+def test_starter_fails_every_criterion_with_a_message_and_a_hint(
     tmp_path: Path,
 ) -> None:
     done = run_grade("10.1", "--report-dir", "out", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads((tmp_path / "out" / "10.1-starter_app.json").read_text())
-    required = [c for c in report["criteria"] if c["kind"] == "required"]
-    assert {c["id"] for c in required} == REQUIRED
-    for criterion in required:
+    assert {c["id"] for c in report["criteria"]} == REQUIRED | STRETCH
+    for criterion in report["criteria"]:
         assert criterion["status"] == "failed", criterion
         assert "expected:" in criterion["message"] and "observed:" in criterion["message"]
         assert criterion["hint"]
     checklist = done.stdout
-    assert checklist.count("✗") == 6 and checklist.count("hint:") == 6, checklist
-    assert "0/6 required" in checklist
+    assert checklist.count("✗") == 16 and checklist.count("hint:") == 16, checklist
+    assert "0/6 required · 0/10 stretch" in checklist
 
 
 @dataclass(frozen=True)

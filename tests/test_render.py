@@ -105,6 +105,8 @@ def test_json_report_golden_and_round_trip() -> None:
         "stretch_total": 1,
         "points": 2,
         "max_points": 4,
+        "bonus_points": 0,
+        "max_bonus_points": 1,
     }
     assert data["passed"] is False
     assert GradeResult.from_dict(data) == result
