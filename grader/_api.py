@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from ._catalog import Course, load_course
@@ -19,6 +20,7 @@ def grade(
     app: str | None = None,
     solution: bool = False,
     app_path: str | Path | None = None,
+    criteria: Iterable[str] = (),
     course: Course | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -28,6 +30,7 @@ def grade(
     `app` names the package to grade (default `starter_app`); `solution=True` grades the
     reference app instead. The package is imported from `app_path` (default: the current
     folder) in a child process, so nothing the app does can break the caller.
+    `criteria` limits the run to those criterion ids (default: all of the exercise's).
     `timeout` bounds the whole run, `request_timeout` each request to the app.
     """
     from ._runner import grade_exercise
@@ -41,6 +44,7 @@ def grade(
         app_path=Path(app_path or Path.cwd()).resolve(),
         timeout=timeout,
         request_timeout=request_timeout,
+        criteria=tuple(criteria),
     )
 
 

@@ -82,11 +82,17 @@ def pytest_base_command(exercise: Exercise, *, criteria_out: Path) -> list[str]:
 
 
 def child_command(
-    exercise: Exercise, *, app: str, workdir: Path, request_timeout: float
+    exercise: Exercise,
+    *,
+    app: str,
+    workdir: Path,
+    request_timeout: float,
+    criteria: tuple[str, ...] = (),
 ) -> list[str]:
-    """The pytest command line that grades `app` on `exercise`."""
+    """The pytest command line that grades `app` on `exercise` (all criteria, or those)."""
     return [
         *pytest_base_command(exercise, criteria_out=workdir / "criteria.json"),
+        *([f"--grader-criteria={','.join(criteria)}"] if criteria else []),
         f"--grader-app={app}",
         f"--grader-request-timeout={request_timeout}",
         f"--grader-progress={workdir / 'progress.jsonl'}",
@@ -116,10 +122,13 @@ def run_child(
     app_path: Path,
     timeout: float,
     request_timeout: float,
+    criteria: tuple[str, ...] = (),
 ) -> ChildRun:
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         workdir = Path(tmp)
-        command = child_command(exercise, app=app, workdir=workdir, request_timeout=request_timeout)
+        command = child_command(
+            exercise, app=app, workdir=workdir, request_timeout=request_timeout, criteria=criteria
+        )
         output = workdir / "output.txt"
         started = time.perf_counter()
         with output.open("wb") as sink:
@@ -230,8 +239,15 @@ def _skip_reason(test: dict[str, Any]) -> str | None:
 
 
 def build_result(
-    exercise: Exercise, *, app: str, run: ChildRun, timeout: float, started_at: str
+    exercise: Exercise,
+    *,
+    app: str,
+    run: ChildRun,
+    timeout: float,
+    started_at: str,
+    criteria: tuple[str, ...] = (),
 ) -> GradeResult:
+    """Results for every criterion of `exercise`, or only for `criteria` when given."""
     if run.report is None and not run.timed_out and not run.criteria_by_test:
         raise GraderError(
             f"The graded suite of {exercise.id} did not run (exit code {run.returncode}):\n"
@@ -239,11 +255,15 @@ def build_result(
         )
     outcomes = collect_outcomes(run, timeout=timeout)
     by_criterion: dict[str, list[TestOutcome]] = {c.id: [] for c in exercise.criteria}
-    for nodeid, criteria in run.criteria_by_test.items():
-        for criterion_id in criteria:
+    for nodeid, test_criteria in run.criteria_by_test.items():
+        for criterion_id in test_criteria:
             if criterion_id in by_criterion:
                 by_criterion[criterion_id].append(outcomes[nodeid])
-    results = [_criterion_result(c, by_criterion[c.id]) for c in exercise.criteria]
+    results = [
+        _criterion_result(c, by_criterion[c.id])
+        for c in exercise.criteria
+        if not criteria or c.id in criteria
+    ]
     app_error = _common_app_error(run)
     return GradeResult(
         exercise=exercise.id,
@@ -305,12 +325,22 @@ def grade_exercise(
     app_path: Path,
     timeout: float,
     request_timeout: float,
+    criteria: tuple[str, ...] = (),
 ) -> GradeResult:
     exercise = course.find(exercise_key)
     if not exercise.tests_dir.is_dir():
         raise GraderError(f"Exercise {exercise.id} has no graded suite at {exercise.tests_dir}")
+    for criterion_id in criteria:
+        exercise.criterion(criterion_id)  # an unknown id is a clear error, not an empty run
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     run = run_child(
-        exercise, app=app, app_path=app_path, timeout=timeout, request_timeout=request_timeout
+        exercise,
+        app=app,
+        app_path=app_path,
+        timeout=timeout,
+        request_timeout=request_timeout,
+        criteria=criteria,
     )
-    return build_result(exercise, app=app, run=run, timeout=timeout, started_at=started_at)
+    return build_result(
+        exercise, app=app, run=run, timeout=timeout, started_at=started_at, criteria=criteria
+    )

@@ -66,6 +66,14 @@ class SharedRedis:
         self.client.close()
 
 
+def redis_server_binary() -> str | None:
+    """redis-server from GRADE_REDIS_SERVER, else from the PATH."""
+    configured = os.environ.get("GRADE_REDIS_SERVER")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("redis-server")
+
+
 class RedisServer:
     """A redis-server of the check's own on a free loopback port, to stop and restart."""
 
@@ -77,7 +85,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         self._process = subprocess.Popen(
             [
-                shutil.which("redis-server") or "redis-server",
+                redis_server_binary() or "redis-server",
                 "--port",
                 str(self.port),
                 "--bind",
@@ -129,8 +137,9 @@ def shared_redis() -> Iterator[SharedRedis]:
 def redis_server() -> Iterator[RedisServer]:
     """A running redis-server that the check may stop and start again; always stopped after."""
     require(
-        shutil.which("redis-server") is not None,
-        "redis-server is not on the PATH: install Redis to run the Redis outage checks",
+        redis_server_binary() is not None,
+        "redis-server is not on the PATH (nor at GRADE_REDIS_SERVER): install Redis to run"
+        " the Redis outage checks",
     )
     server = RedisServer()
     server.start()

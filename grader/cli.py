@@ -42,6 +42,13 @@ def _grade_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--app-path", metavar="DIR", help="folder the app package is imported from (default: .)"
     )
+    parser.add_argument(
+        "--criterion",
+        metavar="ID",
+        action="append",
+        default=[],
+        help="grade only this criterion (repeatable; see `grade list`)",
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument(
         "--report-dir",
@@ -115,6 +122,7 @@ def _grade(args: argparse.Namespace) -> int:
         app=args.app,
         solution=args.solution,
         app_path=args.app_path,
+        criteria=args.criterion,
         course=_course(args),
         timeout=args.timeout,
         request_timeout=args.request_timeout,

@@ -149,6 +149,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=5.0,
         help="seconds a request (or the app's startup) may take before it counts as hung",
     )
+    group.addoption(
+        "--grader-criteria",
+        default=None,
+        help="comma-separated criterion ids: run only the tests of these criteria",
+    )
     group.addoption("--grader-progress", default=None, help="append one JSON line per result")
     group.addoption(
         "--grader-criteria-out", default=None, help="write {nodeid: [criteria]} after collection"
@@ -164,6 +169,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def criteria_of(item: pytest.Item) -> list[str]:
     return [str(m.args[0]) for m in item.iter_markers(CRITERION_MARKER) if m.args]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("grader_criteria")
+    if not wanted:
+        return
+    selected = set(wanted.split(","))
+    keep = [item for item in items if selected & set(criteria_of(item))]
+    deselected = [item for item in items if item not in keep]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = keep
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -74,3 +74,9 @@ def test_check_fails_with_exit_1_on_a_broken_course(tmp_path: Path, root: Path) 
     done = run("check", "--course-dir", str(tmp_path))
     assert done.returncode == 1
     assert "criterion 'x' has no graded test" in done.stdout
+
+
+def test_unknown_criterion_is_exit_2_with_the_known_ones() -> None:
+    done = run("10.1", "--criterion", "nope")
+    assert done.returncode == 2
+    assert "no criterion 'nope'" in done.stderr and "caching-middleware" in done.stderr

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from grader import load_course
 from grader._runner import ChildRun, build_result
 
-EXERCISE = load_course().find("10.1")
+# The real exercise, with one stretch goal declared ahead of its checks.
+_REAL = load_course().find("10.1")
+EXERCISE = replace(
+    _REAL,
+    criteria=tuple(replace(c, graded=c.id != "redis") for c in _REAL.criteria),
+)
 A, B, C = "t.py::test_a", "t.py::test_b", "t.py::test_c"
 
 
@@ -75,3 +82,13 @@ def test_a_killed_run_keeps_finished_results_and_explains_the_rest() -> None:
     assert criteria["invalidation"].message == "stale"
     assert criteria["cache-headers"].status == "failed"
     assert "stopped the checks after 30 s" in (criteria["cache-headers"].message or "")
+
+
+def test_a_criteria_filter_keeps_only_those_criteria() -> None:
+    mapping = {A: ["ttl"]}
+    child = run({"tests": [report_test(A, "passed")]}, mapping)
+    result = build_result(
+        EXERCISE, app="x", run=child, timeout=30, started_at="now", criteria=("ttl",)
+    )
+    assert [(c.id, c.status) for c in result.criteria] == [("ttl", "passed")]
+    assert result.passed
