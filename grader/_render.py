@@ -77,7 +77,13 @@ def _summary(result: GradeResult, report_path: Path | None) -> Text:
     if s.max_bonus_points:
         text.append(f" + {s.bonus_points}/{s.max_bonus_points} bonus")
     text.append(f" · {result.duration:.1f} s\n")
-    if result.passed:
+    if result.selected is not None:
+        failing = sum(not c.passed for c in result.criteria)
+        if failing:
+            text.append(f"{failing} of the selected criteria to go.", style="bold red")
+        else:
+            text.append("Every selected criterion passes.", style="bold green")
+    elif result.passed:
         text.append("Exercise complete: every required criterion passes.", style="bold green")
     else:
         failing = s.required_total - s.required_passed
@@ -92,7 +98,10 @@ def _summary(result: GradeResult, report_path: Path | None) -> Text:
 
 def render_text(result: GradeResult, *, width: int = 100, report_path: Path | None = None) -> str:
     """The checklist as plain text (no colour): for golden files and non-terminals."""
-    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False)
+    # force_jupyter=False: inside a notebook rich would display instead of writing to `file`.
+    console = Console(
+        file=io.StringIO(), width=width, color_system=None, highlight=False, force_jupyter=False
+    )
     console.print(checklist(result, report_path=report_path))
     text: str = console.file.getvalue()  # type: ignore[attr-defined]
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

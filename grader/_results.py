@@ -68,6 +68,8 @@ class GradeResult:
     criteria: list[CriterionResult]
     # Set when the app could not be loaded or started at all: one cause for every failure.
     app_error: str | None = None
+    # The criterion ids a run was limited to (`grade --criterion`); None: the whole exercise.
+    selected: list[str] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -87,7 +89,12 @@ class GradeResult:
 
     @property
     def passed(self) -> bool:
-        """Every required criterion passes: the exercise is done (stretch goals are bonus)."""
+        """Every required criterion passes: the exercise is done (stretch goals are bonus).
+
+        A run limited to some criteria passes when each of those passes, stretch or not.
+        """
+        if self.selected is not None:
+            return all(c.passed for c in self.criteria)
         return all(c.passed for c in self.criteria if c.kind == "required")
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,4 +122,9 @@ class GradeResult:
         fields = {
             k: data[k] for k in ("exercise", "exercise_title", "app", "started_at", "duration")
         }
-        return cls(**fields, criteria=criteria, app_error=data.get("app_error"))
+        return cls(
+            **fields,
+            criteria=criteria,
+            app_error=data.get("app_error"),
+            selected=data.get("selected"),
+        )

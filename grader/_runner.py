@@ -273,6 +273,7 @@ def build_result(
         duration=round(run.duration, 3),
         criteria=results,
         app_error=app_error,
+        selected=list(criteria) if criteria else None,
     )
 
 

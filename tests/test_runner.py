@@ -92,3 +92,12 @@ def test_a_criteria_filter_keeps_only_those_criteria() -> None:
     )
     assert [(c.id, c.status) for c in result.criteria] == [("ttl", "passed")]
     assert result.passed
+
+
+def test_a_filtered_run_passes_only_if_every_selected_criterion_passes() -> None:
+    child = run({"tests": [report_test(A, "failed", "20 store operations")]}, {A: ["stampede"]})
+    result = build_result(
+        EXERCISE, app="x", run=child, timeout=30, started_at="now", criteria=("stampede",)
+    )
+    assert result.selected == ["stampede"]
+    assert not result.passed  # a stretch goal decides a run that asked only about it

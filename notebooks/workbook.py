@@ -1,0 +1,227 @@
+"""Small helpers shared by the walkthrough notebooks of Module 10.
+
+The notebooks treat an app the way the grader does: as a package with a ``create_app()``
+factory that reads its settings from environment variables, driven over HTTP in-process
+(lifespan included). Nothing here is specific to one exercise:
+
+- ``app_under_study()``: the app package a notebook explores (``WORKBOOK_APP``);
+- ``running_app(package, **env)``: a started app and an ``httpx.AsyncClient`` for it;
+- ``store_operations(client)``: the ``store_operations_total`` counter from ``/metrics``;
+- ``counted_get(client, path)``: one GET and the number of store calls it caused;
+- ``timed_gets(client, path, n)``: ``n`` sequential GETs, timed, with their ``X-Cache``;
+- ``redis_available(url)``, ``redis_keys(url, prefix)``, ``delete_redis_keys(url, prefix)``;
+- ``show_checklist(result)``: a grading result as the ``grade`` command prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+if TYPE_CHECKING:
+    import redis
+
+    from grader import GradeResult
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = "http://testserver"
+DEFAULT_APP = "starter_app"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# The app packages (starter_app, solutions.app, your own) live at the project root. An
+# editable install already puts it on sys.path; this covers a plain `jupyter lab` run too.
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+
+def app_under_study(default: str = DEFAULT_APP) -> str:
+    """The app package to explore: ``WORKBOOK_APP`` from the environment, else ``default``."""
+    return os.environ.get("WORKBOOK_APP", "").strip() or default
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):  # pydantic-settings reads "true"/"false"
+        return "true" if value else "false"
+    return str(value)
+
+
+@contextlib.contextmanager
+def environment(**env: object) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them.
+
+    A value of ``None`` removes the variable for the duration.
+    """
+    saved = {name: os.environ.get(name) for name in env}
+    try:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = _env_value(value)
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+@contextlib.asynccontextmanager
+async def running_app(package: str, **env: object) -> AsyncIterator[httpx.AsyncClient]:
+    """Start a fresh app from ``package`` with ``env`` set, and yield a client for it.
+
+    The variables are set before ``create_app()`` runs and restored when the block ends.
+    The app's lifespan runs (startup on entry, shutdown on exit), exactly as under a
+    server, but requests go straight to the app in this process: no port, no network.
+    ``LOG_LEVEL`` defaults to ``ERROR`` so that startup log lines do not clutter the
+    notebook; pass ``LOG_LEVEL="INFO"`` to see them.
+
+    Each call builds a new app object, so each has its own cache and metrics. Apps built
+    from the same package in one process share their users, though: the store keeps
+    them in class attributes (see ``store.py``), standing in for a shared database.
+    """
+    with environment(**{"LOG_LEVEL": "ERROR", **env}):
+        module = importlib.import_module(package)
+        app = module.create_app()
+        async with LifespanManager(app) as manager:
+            # An exception in an endpoint becomes the 500 a real server would send.
+            transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+                yield client
+
+
+def _parse_counter(text: str, name: str) -> float | None:
+    """The sum of every sample of counter ``name`` (all label sets); None if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_total":
+                total = (total or 0.0) + sample.value
+    return total
+
+
+async def store_operations(client: httpx.AsyncClient) -> int:
+    """How many times the app has called its store so far (``store_operations_total``).
+
+    ``GET /metrics`` itself never touches the store, so the difference between two
+    readings is exactly the number of store calls made by the requests in between.
+    """
+    response = await client.get("/metrics")
+    total = _parse_counter(response.text, "store_operations") if response.is_success else None
+    if total is None:
+        raise LookupError(
+            f"GET /metrics answered {response.status_code} without a store_operations_total "
+            "counter; the starter has one, and the notebooks (like the grader) need it to "
+            "tell a cache hit from a store read"
+        )
+    return int(total)
+
+
+async def counted_get(
+    client: httpx.AsyncClient, path: str, headers: Mapping[str, str] | None = None
+) -> tuple[httpx.Response, int]:
+    """One GET of ``path``: the response, and how many store calls it caused (0: a hit)."""
+    before = await store_operations(client)
+    response = await client.get(path, headers=dict(headers or {}))
+    return response, await store_operations(client) - before
+
+
+async def timed_gets(
+    client: httpx.AsyncClient,
+    path: str,
+    n: int,
+    headers: Mapping[str, str] | None = None,
+) -> list[tuple[float, str | None]]:
+    """Send ``n`` GETs of ``path`` one after the other.
+
+    Returns one ``(seconds, X-Cache)`` pair per request, in order; ``X-Cache`` is ``None``
+    when the response has no such header.
+    """
+    timings = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = await client.get(path, headers=dict(headers or {}))
+        elapsed = time.perf_counter() - started
+        timings.append((elapsed, response.headers.get("x-cache")))
+    return timings
+
+
+def _redis_client(url: str, timeout: float) -> redis.Redis:
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+
+def redis_available(url: str = DEFAULT_REDIS_URL, *, timeout: float = 0.5) -> bool:
+    """Whether a Redis server answers PING at ``url`` within ``timeout`` seconds."""
+    try:
+        import redis
+    except ImportError:
+        return False
+    try:
+        client = _redis_client(url, timeout)
+    except ValueError:  # not a redis:// URL
+        return False
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def redis_keys(url: str, prefix: str) -> list[str]:
+    """The keys in Redis at ``url`` that start with ``prefix``, sorted."""
+    client = _redis_client(url, 1.0)
+    try:
+        pattern = _glob_escape(prefix) + "*"
+        return sorted(key.decode("utf-8", "replace") for key in client.scan_iter(match=pattern))
+    finally:
+        client.close()
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key that starts with ``prefix``; returns how many were deleted."""
+    client = _redis_client(url, 1.0)
+    try:
+        keys = list(client.scan_iter(match=_glob_escape(prefix) + "*"))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
+def show_checklist(result: GradeResult, *, width: int = 100) -> None:
+    """Print a ``GradeResult`` as the plain-text checklist of the ``grade`` command.
+
+    This is ``grader._render.render_text`` with one change: ``force_jupyter=False``.
+    Inside a notebook, rich otherwise sends a console's output to the notebook display
+    instead of the console's file, and ``render_text`` comes back empty.
+    """
+    from rich.console import Console
+
+    from grader._render import checklist
+
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, width=width, color_system=None, highlight=False, force_jupyter=False
+    )
+    console.print(checklist(result))
+    print("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()))

@@ -1,0 +1,96 @@
+"""The walkthrough notebooks run end to end, against the starter and against the reference.
+
+Each test executes a notebook in a fresh Jupyter kernel, with the app under study chosen by
+WORKBOOK_APP (the kernel inherits the test's environment). The notebooks themselves never
+fail on a missing feature; these tests check that they run and say the right things.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.util import run_sync
+from nbformat import NotebookNode
+
+from ._support import ROOT
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = ROOT / "notebooks"
+CACHING = NOTEBOOKS / "10.1-response-caching.ipynb"
+
+
+def execute(path: Path) -> NotebookNode:
+    """Run every cell of the notebook at `path` (cwd: its folder) and return it with outputs.
+
+    nbclient shuts its kernel down when `execute` ends, error or not; the `finally` is the
+    safety net that makes sure no kernel outlives the test.
+    """
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    kernel_manager = client.create_kernel_manager()  # the one execute() will use
+    try:
+        client.execute()
+    finally:
+        if kernel_manager.has_kernel:
+            run_sync(kernel_manager.shutdown_kernel)(now=True)
+    assert not kernel_manager.has_kernel
+    return notebook
+
+
+def text_of(notebook: NotebookNode) -> str:
+    """Everything the code cells printed or displayed as text, in order."""
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                parts.append(output.text)
+            elif output.output_type in ("display_data", "execute_result"):
+                parts.append(output.data.get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def has_png(notebook: NotebookNode) -> bool:
+    return any(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+
+
+def test_caching_notebook_is_stored_clean() -> None:
+    notebook = nbformat.read(CACHING, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code, "no code cells"
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), (
+        "store the notebook without outputs (Kernel → Restart Kernel and Clear Outputs)"
+    )
+
+
+@pytest.mark.parametrize("app", ["starter_app", "solutions.app"])
+def test_caching_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBOOK_APP", app)
+    notebook = execute(CACHING)
+    text = text_of(notebook)
+
+    assert f"App under study: {app}" in text
+    assert has_png(notebook), "the latency and store-reads figure is missing"
+    assert "Exercise 10.1 · Response caching" in text  # the grader's checklist
+    if app == "starter_app":
+        assert "X-Cache header is missing" in text
+        assert "nothing is cached yet" in text
+        assert "Not done yet" in text
+    else:
+        assert "HIT" in text
+        assert "All six requests behaved as the contract expects" in text
+        assert "Exercise complete" in text
