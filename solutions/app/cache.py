@@ -1,32 +1,46 @@
 """Response caching for the users API (exercise 10.1).
 
-A pure ASGI middleware sits in front of the routers: a repeated `GET /users` or
-`GET /users/{id}` is answered from memory without reaching the store, and a successful
-POST, PUT or DELETE drops the entries it makes stale. It is hand-written rather than taken
-from a caching library because the HTTP details are the point of the exercise, and the
-libraries get some of them subtly wrong (request `max-age`, invalidation by tag).
+A pure ASGI middleware sits in front of the routers: a repeated `GET /users`,
+`GET /users/{id}` or `GET /auth/me` is answered from the cache without reaching the store,
+and a successful POST, PUT or DELETE drops the entries it makes stale. It is hand-written
+rather than taken from a caching library because the HTTP details are the point of the
+exercise, and the libraries get some of them subtly wrong (request `max-age`, invalidation
+by tag).
 
 Entries are tagged (`users:list`, `users:item:7`) so one mutation invalidates every entry
-that carries its tag, whatever query string the cached request had.
+that carries its tag, whatever query string the cached request had. Where the entries live
+is the backend's business (`cache_backends.py`: in memory, or in Redis); this module decides
+what is cached, for how long and for whom, and lets concurrent misses of one key share a
+single trip to the store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
 import math
 import re
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .cache_backends import CacheBackend, CachedResponse
+from .sessions import SessionStore
 
 LIST_TAG = "users:list"
 
 _LIST_PATH = re.compile(r"^/users$")
 _ITEM_PATH = re.compile(r"^/users/(?P<user_id>\d+)$")
+_ME_PATH = "/auth/me"
 _MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+logger = logging.getLogger(__name__)
+
+LookupResult = Literal["hit", "miss", "bypass"]
 
 
 @dataclass(frozen=True)
@@ -43,58 +57,47 @@ def item_tag(user_id: str | int) -> str:
 
 
 @dataclass(frozen=True)
-class CachedResponse:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    stored_at: float  # time.monotonic(): immune to wall-clock jumps
+class CachePolicy:
+    """How the response to one cacheable GET is cached."""
+
     ttl: float
+    tags: tuple[str, ...]
+    route: str  # the route template, for the request metrics of a hit
+    # Whose response this is: part of the key, so that users never share an entry.
+    partition: str = ""
 
-    def age(self, now: float) -> float:
-        return now - self.stored_at
+    def cache_control(self, max_age: float) -> bytes:
+        # A per-user response must not be kept by a shared cache (a proxy, a CDN) that
+        # would hand it to the next user; only the user's own browser may keep it.
+        visibility = "private" if self.partition else "public"
+        return f"{visibility}, max-age={max(0, math.ceil(max_age))}".encode()
 
-    def is_fresh(self, now: float) -> bool:
-        return self.age(now) < self.ttl
 
+@dataclass
+class CacheStats:
+    """Lookups by this app instance since it started, for `GET /admin/cache/stats`.
 
-class MemoryCache:
-    """A bounded, TTL-aware map of cached responses with tag-based invalidation.
-
-    The app runs on one event loop and no method awaits, so no lock is needed.
+    They are also in `cache_lookups_total` on /metrics, but a Prometheus counter is meant
+    to be scraped, not read back by the app. A bypass (the request's Cache-Control refused
+    a cached copy) is neither a hit nor a miss, so it does not move the hit ratio.
     """
 
-    def __init__(self, *, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: OrderedDict[str, tuple[CachedResponse, frozenset[str]]] = OrderedDict()
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
 
-    def get(self, key: str) -> CachedResponse | None:
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        entry, _ = found
-        if not entry.is_fresh(self.clock()):
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)  # least recently used leaves first
-        return entry
+    def record(self, result: LookupResult) -> None:
+        if result == "hit":
+            self.hits += 1
+        elif result == "miss":
+            self.misses += 1
+        else:
+            self.bypasses += 1
 
-    def set(self, key: str, entry: CachedResponse, tags: Iterable[str]) -> None:
-        self._entries[key] = (entry, frozenset(tags))
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def invalidate(self, *tags: str) -> int:
-        """Drop every entry carrying one of `tags`; returns how many were dropped."""
-        wanted = set(tags)
-        stale = [key for key, (_, entry_tags) in self._entries.items() if entry_tags & wanted]
-        for key in stale:
-            del self._entries[key]
-        return len(stale)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def hit_ratio(self) -> float:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
 
 
 @dataclass(frozen=True)
@@ -124,21 +127,46 @@ class RequestCacheControl:
             return False
         return self.max_age is None or entry.age(now) <= self.max_age
 
+    @property
+    def wants_the_store(self) -> bool:
+        """The client wants an answer from the store itself, not one being built already."""
+        return self.no_cache or self.no_store
+
+
+def _new_future() -> asyncio.Future[CachedResponse | None]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _Flight:
+    """A miss of one key on its way to the store, which later misses of the key can join."""
+
+    versions: tuple[int, ...]  # of its tags when it started (see _invalidation_versions)
+    response: asyncio.Future[CachedResponse | None] = field(default_factory=_new_future)
+
 
 class ResponseCacheMiddleware:
-    """Serve cacheable GETs from `cache`; invalidate on successful mutations of users."""
+    """Serve cacheable GETs from `cache`; invalidate on successful mutations of users.
+
+    Concurrent misses of one key make one trip to the store (single flight): the first
+    fetches, the others wait for its answer.
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        cache: MemoryCache,
+        cache: CacheBackend,
+        stats: CacheStats,
+        sessions: SessionStore,
         list_ttl: float,
         item_ttl: float,
         registry: CollectorRegistry,
     ) -> None:
         self.app = app
         self.cache = cache
+        self.stats = stats
+        self.sessions = sessions
         self.list_ttl = list_ttl
         self.item_ttl = item_ttl
         self.lookups = Counter(
@@ -147,88 +175,226 @@ class ResponseCacheMiddleware:
             ["result"],
             registry=registry,
         )
+        self._flights: dict[str, _Flight] = {}
+        # How often each tag was invalidated by this process: a fetch compares the counts
+        # of its tags before and after, to tell whether a mutation happened meanwhile.
+        self._invalidations: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if method == "GET" and (policy := self._policy(path)) is not None:
-            ttl, tags, route = policy
-            await self._get(scope, receive, send, ttl=ttl, tags=tags, route=route)
+        if method == "GET" and (policy := await self._policy(scope)) is not None:
+            await self._get(scope, receive, send, policy)
         elif method in _MUTATIONS and (path == "/users" or _ITEM_PATH.match(path)):
             await self._mutation(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    def _policy(self, path: str) -> tuple[float, tuple[str, ...], str] | None:
-        """TTL, tags and route template of a cacheable path; None if it is not cached."""
+    async def _policy(self, scope: Scope) -> CachePolicy | None:
+        """How to cache the response to this GET; None if it is not cached."""
+        path = scope["path"]
         if _LIST_PATH.match(path):
-            return self.list_ttl, (LIST_TAG,), "/users"
+            return CachePolicy(self.list_ttl, (LIST_TAG,), "/users")
         if match := _ITEM_PATH.match(path):
-            return self.item_ttl, (item_tag(match["user_id"]),), "/users/{user_id}"
+            return CachePolicy(self.item_ttl, (item_tag(match["user_id"]),), "/users/{user_id}")
+        if path == _ME_PATH:
+            return await self._me_policy(scope)
         return None
 
-    async def _get(
+    async def _me_policy(self, scope: Scope) -> CachePolicy | None:
+        """`GET /auth/me` is cached per user, and only for a token that is valid now.
+
+        The token is checked first, on every request, so that a revoked or expired token
+        reaches the route and its 401 however recently its user's answer was cached. A
+        session lookup is not a store operation: it stands in for a token check, which
+        stays cheap (a signature, or a session in Redis) when the user store is a database.
+        """
+        token = _bearer_token(scope)
+        user_id = await self.sessions.get_user_id(token) if token else None
+        if user_id is None:
+            return None
+        # Tagged like GET /users/{id}: a PUT or DELETE of the user drops this entry too.
+        return CachePolicy(
+            self.item_ttl, (item_tag(user_id),), _ME_PATH, partition=f"user:{user_id}"
+        )
+
+    async def _get(self, scope: Scope, receive: Receive, send: Send, policy: CachePolicy) -> None:
+        key = _cache_key(scope, policy.partition)
+        control = RequestCacheControl.parse(_header(scope, b"cache-control"))
+        entry = await self.cache.get(key)
+        if entry is not None and control.accepts(entry, self.cache.clock()):
+            self._count("hit")
+            await self._send_hit(scope, send, entry, policy)
+            return
+        flight = self._joinable_flight(key, policy)
+        if flight is not None and not control.wants_the_store:
+            # Stampede prevention: the store is already being asked for this key; wait for
+            # that answer. shield(): if this request is cancelled (its client went away),
+            # only its own wait ends, not the flight every other request waits for.
+            shared = await asyncio.shield(flight.response)
+            if shared is not None:
+                self._count("hit")  # it did not reach the store
+                await self._send_hit(scope, send, shared, policy)
+                return
+        self._count("bypass" if entry is not None else "miss")
+        await self._fetch(scope, receive, send, key=key, policy=policy, store=not control.no_store)
+
+    async def _fetch(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
         *,
-        ttl: float,
-        tags: tuple[str, ...],
-        route: str,
+        key: str,
+        policy: CachePolicy,
+        store: bool,
     ) -> None:
-        key = _cache_key(scope)
-        control = RequestCacheControl.parse(_header(scope, b"cache-control"))
-        now = self.cache.clock()
-        entry = self.cache.get(key)
-        if entry is not None and control.accepts(entry, now):
-            self.lookups.labels("hit").inc()
-            scope["route"] = CachedRoute(route)
-            remaining = math.ceil(entry.ttl - entry.age(now))
-            extra = [
-                (b"x-cache", b"HIT"),
-                (b"age", str(int(entry.age(now))).encode()),
-                (b"cache-control", f"public, max-age={remaining}".encode()),
-            ]
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": entry.status,
-                    "headers": entry.headers + extra,
-                }
-            )
-            await send({"type": "http.response.body", "body": entry.body})
-            return
-        self.lookups.labels("bypass" if entry is not None else "miss").inc()
-        start, body = await _capture(self.app, scope, receive)
-        extra = [(b"x-cache", b"MISS")]
-        if start["status"] == 200 and not control.no_store:
-            self.cache.set(
-                key,
-                CachedResponse(200, list(start["headers"]), body, self.cache.clock(), ttl),
-                tags,
-            )
-            # Only a stored response advertises a lifetime: a 404 must not be kept downstream.
-            extra.append((b"cache-control", f"public, max-age={math.ceil(ttl)}".encode()))
-        await send({**start, "headers": [*start["headers"], *extra]})
+        """Build the response with the app, store it if it may be, and send it."""
+        versions = self._invalidation_versions(policy.tags)
+        flight = None
+        if store and self._joinable_flight(key, policy) is None:
+            flight = self._flights[key] = _Flight(versions)
+        try:
+            start, body = await _capture(self.app, scope, receive)
+            headers = [*start["headers"], (b"x-cache", b"MISS")]
+            if start["status"] == 200 and store:
+                entry = CachedResponse(
+                    200, list(start["headers"]), body, self.cache.clock(), policy.ttl
+                )
+                if flight is not None:
+                    flight.response.set_result(entry)  # followers need not wait for the write
+                # A mutation since the fetch began may have changed what the store said;
+                # the answer is still right for this request, which was concurrent with
+                # it, but must not be served to later ones.
+                if versions == self._invalidation_versions(policy.tags):
+                    await self.cache.set(key, entry, policy.tags)
+                # Only a cacheable response advertises a lifetime: a 404 must not be kept
+                # downstream.
+                headers.append((b"cache-control", policy.cache_control(policy.ttl)))
+        finally:
+            if flight is not None:
+                if not flight.response.done():
+                    flight.response.set_result(None)  # not cacheable: followers fetch
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+        await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _send_hit(
+        self, scope: Scope, send: Send, entry: CachedResponse, policy: CachePolicy
+    ) -> None:
+        scope["route"] = CachedRoute(policy.route)
+        age = entry.age(self.cache.clock())
+        extra = [
+            (b"x-cache", b"HIT"),
+            (b"age", str(int(age)).encode()),
+            # What is left of the TTL, so that no downstream cache keeps it longer.
+            (b"cache-control", policy.cache_control(entry.ttl - age)),
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": entry.status,
+                "headers": entry.headers + extra,
+            }
+        )
+        await send({"type": "http.response.body", "body": entry.body})
 
     async def _mutation(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_and_invalidate(message: Message) -> None:
             # Invalidate before the client hears of success, so its next GET is fresh.
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 match = _ITEM_PATH.match(scope["path"])
-                self.cache.invalidate(LIST_TAG, *([item_tag(match["user_id"])] if match else []))
+                await self._invalidate(LIST_TAG, *([item_tag(match["user_id"])] if match else []))
             await send(message)
 
         await self.app(scope, receive, send_and_invalidate)
 
+    async def _invalidate(self, *tags: str) -> None:
+        # Fetches of these tags under way read the store before this change: counting the
+        # invalidation keeps them from storing their answer, and new requests from
+        # joining them.
+        self._invalidations.update(tags)
+        await self.cache.invalidate(*tags)
 
-def _cache_key(scope: Scope) -> str:
+    def _invalidation_versions(self, tags: Iterable[str]) -> tuple[int, ...]:
+        return tuple(self._invalidations[tag] for tag in tags)
+
+    def _joinable_flight(self, key: str, policy: CachePolicy) -> _Flight | None:
+        """The fetch of `key` under way, unless a mutation has made its answer stale."""
+        flight = self._flights.get(key)
+        if flight is None or flight.versions != self._invalidation_versions(policy.tags):
+            return None
+        return flight
+
+    def _count(self, result: LookupResult) -> None:
+        self.lookups.labels(result).inc()
+        self.stats.record(result)
+
+
+async def warm_cache(app: ASGIApp, cache: CacheBackend, paths: Sequence[str]) -> int:
+    """GET each of `paths` through the whole app, so that the cache holds the responses.
+
+    The requests take the path of a client's (every middleware, the router, the
+    endpoint), so each entry is stored exactly as a real request would store it; they are
+    counted in the request metrics and cache statistics like any other. Called from the
+    lifespan, before the server takes requests. Returns how many of the paths are now
+    cached; a path that fails is logged and skipped, never fatal: the app works without a
+    warm cache.
+    """
+    warmed = 0
+    for path in paths:
+        scope, receive = _internal_get(path)
+        try:
+            start, _ = await _capture(app, scope, receive)
+            if start["status"] == 200 and await cache.get(_cache_key(scope)) is not None:
+                warmed += 1
+            else:
+                logger.warning("cache warming: GET %s (%s) was not cached", path, start["status"])
+        except Exception:
+            logger.warning("cache warming: GET %s failed", path, exc_info=True)
+    logger.info("cache warmed paths=%s entries=%d", list(paths), warmed)
+    return warmed
+
+
+def _internal_get(path_and_query: str) -> tuple[Scope, Receive]:
+    """The ASGI scope and `receive` of a bodiless GET, as a server would build them."""
+    path, _, query = path_and_query.partition("?")
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"user-agent", b"users-api-cache-warmer")],
+        "client": None,
+        "server": None,
+    }
+    requested = False
+
+    async def receive() -> Message:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        # Like a client that stays connected: only code that watches for a disconnect
+        # asks again, and it is cancelled once the response is complete.
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    return scope, receive
+
+
+def _cache_key(scope: Scope, partition: str = "") -> str:
     query = scope.get("query_string", b"").decode("latin-1")
-    return f"GET {scope['path']}?{query}" if query else f"GET {scope['path']}"
+    key = f"GET {scope['path']}?{query}" if query else f"GET {scope['path']}"
+    return f"{key} [{partition}]" if partition else key
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -236,6 +402,14 @@ def _header(scope: Scope, name: bytes) -> str:
         if key.lower() == name:
             return value.decode("latin-1")
     return ""
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """The token of `Authorization: Bearer <token>`, read as FastAPI's HTTPBearer does."""
+    scheme, _, token = _header(scope, b"authorization").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[Message, bytes]:

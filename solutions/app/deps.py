@@ -11,6 +11,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .cache import CacheStats
+from .cache_backends import CacheBackend
 from .metrics import Metrics
 from .models import UserRecord
 from .sessions import SessionStore
@@ -38,10 +40,21 @@ def get_sessions(request: Request) -> SessionStore:
     return request.app.state.sessions
 
 
+def get_cache(request: Request) -> CacheBackend | None:
+    """The response cache's backend; ``None`` when ``CACHE_ENABLED=false``."""
+    return request.app.state.cache
+
+
+def get_cache_stats(request: Request) -> CacheStats:
+    return request.app.state.cache_stats
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[UserStore, Depends(get_store)]
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+CacheDep = Annotated[CacheBackend | None, Depends(get_cache)]
+CacheStatsDep = Annotated[CacheStats, Depends(get_cache_stats)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 

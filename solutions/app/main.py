@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from .cache import MemoryCache, ResponseCacheMiddleware
+from .cache import CacheStats, ResponseCacheMiddleware, warm_cache
+from .cache_backends import CacheBackend, MemoryCache
+from .cache_redis import RedisCache
 from .metrics import Metrics, RequestMetricsMiddleware
-from .routers import admin, auth, health, users
+from .routers import admin, auth, cache_admin, health, users
 from .seed import seed_demo_users
 from .sessions import SessionStore
 from .settings import DEFAULT_ADMIN_TOKEN, Settings
@@ -37,18 +39,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Work done once when the server starts (before ``yield``) and once when it stops."""
     settings: Settings = app.state.settings
     logger.info(
-        "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s",
+        "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s "
+        "cache_backend=%s",
         settings.app_name,
         settings.store_latency_ms,
         settings.seed_demo_users,
         settings.cache_enabled,
+        settings.cache_backend,  # not REDIS_URL: it may hold a password
     )
     if settings.admin_token == DEFAULT_ADMIN_TOKEN:
         logger.warning("ADMIN_TOKEN is the public default; set it before exposing this server")
     if settings.seed_demo_users:
         created = await seed_demo_users(app.state.store)
         logger.info("seeded %d demo users", created)
+    cache: CacheBackend | None = app.state.cache
+    if cache is not None and settings.warm_paths:
+        # Last, so that the warm entries see the seeded users; before the yield, so that
+        # the server takes no request until they are in.
+        await warm_cache(app, cache, settings.warm_paths)
     yield
+    if cache is not None:
+        await cache.aclose()
     logger.info("shutdown")
 
 
@@ -83,18 +94,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = UserStore(metrics=metrics, latency_ms=settings.store_latency_ms)
     app.state.sessions = SessionStore(ttl_seconds=settings.session_ttl_seconds)
 
+    app.state.cache = None  # no backend at all with CACHE_ENABLED=false
+    app.state.cache_stats = CacheStats()  # stays at zero then
     if settings.cache_enabled:
+        app.state.cache = build_cache_backend(settings)
         # Added first, so it sits inside the metrics middleware: cache hits are counted too.
-        app.state.cache = MemoryCache(max_entries=settings.cache_max_entries)
         app.add_middleware(
             ResponseCacheMiddleware,
             cache=app.state.cache,
+            stats=app.state.cache_stats,
+            sessions=app.state.sessions,
             list_ttl=settings.cache_list_ttl_seconds,
             item_ttl=settings.cache_item_ttl_seconds,
             registry=metrics.registry,
         )
     app.add_middleware(RequestMetricsMiddleware, requests_total=metrics.http_requests)
     app.add_exception_handler(Exception, internal_error)
-    for module in (health, users, auth, admin):
+    for module in (health, users, auth, admin, cache_admin):
         app.include_router(module.router)
     return app
+
+
+def build_cache_backend(settings: Settings) -> CacheBackend:
+    """The backend ``CACHE_BACKEND`` names. Neither connects to anything yet."""
+    if settings.cache_backend == "redis":
+        return RedisCache.from_url(
+            settings.redis_url,
+            prefix=settings.cache_key_prefix,
+            compression_min_bytes=settings.cache_compression_min_bytes,
+            timeout=settings.redis_socket_timeout_seconds,
+        )
+    return MemoryCache(
+        max_entries=settings.cache_max_entries,
+        compression_min_bytes=settings.cache_compression_min_bytes,
+    )

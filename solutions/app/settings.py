@@ -1,5 +1,7 @@
 """Configuration, read from environment variables and an optional ``.env`` file."""
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,8 +63,61 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(
         default=10_000,
         gt=0,
-        description="Most responses kept; the least recently used leave first.",
+        description=(
+            "Most responses the memory backend keeps; the least recently used leave first."
+        ),
     )
+    # Exercise 10.1, stretch goals.
+    cache_backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description=(
+            "Where cached responses live: this process (memory) or Redis, shared by every "
+            "instance of the API (redis)."
+        ),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="The Redis server of the redis backend."
+    )
+    cache_key_prefix: str = Field(
+        default="users-api:",
+        min_length=1,
+        description=(
+            "Start of every key the cache writes to Redis, so that several apps (or test "
+            "runs) can share one server without seeing each other's entries."
+        ),
+    )
+    redis_socket_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description=(
+            "How long one Redis call may take (connect, or wait for an answer) before the "
+            "cache gives up and the request goes to the store: a cache that waits seconds "
+            "for a dead server is slower than no cache."
+        ),
+    )
+    cache_compression_min_bytes: int = Field(
+        default=1024,
+        ge=0,
+        description="Response bodies of at least this many bytes are stored zlib-compressed.",
+    )
+    cache_warm_paths: str = Field(
+        default="/users",
+        description="Comma-separated paths fetched into the cache at startup (empty: none).",
+    )
+
+    @property
+    def warm_paths(self) -> list[str]:
+        """``CACHE_WARM_PATHS`` as a list (the environment holds it as one string)."""
+        return _comma_separated(self.cache_warm_paths)
+
+    @field_validator("cache_warm_paths")
+    @classmethod
+    def _paths_are_absolute(cls, value: str) -> str:
+        # Fail at startup on "users" rather than warm nothing without a word.
+        for path in _comma_separated(value):
+            if not path.startswith("/"):
+                raise ValueError(f"every cache warm path must start with '/', not {path!r}")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -72,3 +127,7 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
         return level
+
+
+def _comma_separated(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]

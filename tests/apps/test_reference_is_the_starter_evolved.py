@@ -13,9 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # file -> the exercise whose solution changes or adds it
 EVOLVED = {
     "__init__.py": "docstring only: names the package as the reference solution",
-    "cache.py": "10.1, new: the response cache middleware",
-    "main.py": "10.1: installs the cache middleware",
-    "settings.py": "10.1: the CACHE_* settings",
+    "cache.py": "10.1, new: the response cache middleware, single flight, warming",
+    "cache_backends.py": "10.1, new: the backend interface, entry codec and memory backend",
+    "cache_redis.py": "10.1 stretch, new: the Redis backend",
+    "deps.py": "10.1 stretch: the cache backend and statistics as dependencies",
+    "main.py": "10.1: installs the cache middleware; the stretch goals' backend and warming",
+    "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
+    "routers/health.py": "10.1 stretch: /health reports the cache backend",
+    "settings.py": "10.1: the CACHE_* settings, and REDIS_URL for the stretch goals",
 }
 
 
