@@ -135,20 +135,91 @@ MUTANTS = [
 ]  # fmt: skip
 
 
-def test_every_required_criterion_has_a_mutant() -> None:
+# Stretch mutants: each breaks one stretch goal and must leave every required criterion
+# passing (a stretch feature may not cost the learner the exercise).
+STRETCH_MUTANTS = [
+    mutant(
+        "redis-setting-ignored", "main.py",
+        'if settings.cache_backend == "redis":', "if False:",
+        "redis",
+    ),
+    mutant(
+        "redis-errors-propagate", "cache_redis.py",
+        "            self._set_reachable(False, exc)\n            return default\n",
+        "            raise\n",
+        "redis-fallback",
+    ),
+    mutant(
+        "health-never-asks-the-cache", "routers/health.py",
+        "if cache is None or await cache.ping():", "if True:",
+        "redis-health",
+    ),
+    mutant(
+        "list-variants-tagged-apart", "cache.py",
+        'return CachePolicy(self.list_ttl, (LIST_TAG,), "/users")',
+        'return CachePolicy(self.list_ttl, (LIST_TAG + scope["query_string"].decode(),), "/users")',
+        "cache-tags",
+    ),
+    mutant(
+        "me-shared-by-all-users", "cache.py",
+        'partition=f"user:{user_id}"', 'partition="user"',
+        "partition-by-user",
+    ),
+    mutant(
+        "never-compressed", "cache_backends.py",
+        "if len(body) >= compression_min_bytes:", "if False:",
+        "compression",
+    ),
+    mutant(
+        "hit-ratio-always-zero", "cache.py",
+        "return self.hits / lookups if lookups else 0.0", "return 0.0",
+        "stats-endpoint",
+    ),
+    mutant(
+        "dashboard-shows-no-hits", "routers/cache_admin.py",
+        '("hits", str(stats.hits)),', '("hits", "none yet"),',
+        "dashboard",
+    ),
+    mutant(
+        "warming-skipped", "main.py",
+        "if cache is not None and settings.warm_paths:", "if False:",
+        "warming",
+    ),
+    mutant(
+        "no-single-flight", "cache.py",
+        "if flight is not None and not control.wants_the_store:", "if False:",
+        "stampede",
+    ),
+]  # fmt: skip
+
+
+def test_every_criterion_has_a_mutant() -> None:
     targeted = set().union(*(m.fails for m in MUTANTS))
     assert targeted == REQUIRED
     # ...and for each criterion, a mutant that breaks it alone or with few others
     assert {c for m in MUTANTS if len(m.fails) <= 2 for c in m.fails} == REQUIRED
+    assert {c for m in STRETCH_MUTANTS for c in m.fails} == STRETCH
 
 
-@pytest.mark.parametrize("m", MUTANTS, ids=lambda m: m.name)
-def test_mutant_is_caught_on_its_criteria(m: Mutant, tmp_path: Path) -> None:
+def grade_mutant(m: Mutant, tmp_path: Path, criteria: set[str]) -> None:
+    """Grade a patched copy of the reference on `criteria`: exactly `m.fails` must fail."""
     package = copy_reference(tmp_path, f"mutant_{m.name.replace('-', '_')}")
     patch_file(package / m.file, m.old, m.new)
-    result = grade("10.1", app=package.name, app_path=tmp_path, criteria=sorted(REQUIRED))
+    result = grade("10.1", app=package.name, app_path=tmp_path, criteria=sorted(criteria))
     failing = {c.id for c in result.criteria if c.status != "passed"}
     assert failing == m.fails, render_text(result, width=160)
     for criterion in result.criteria:
         if criterion.id in m.fails:
             assert "expected:" in (criterion.message or ""), criterion
+
+
+@pytest.mark.parametrize("m", MUTANTS, ids=lambda m: m.name)
+def test_mutant_is_caught_on_its_criteria(m: Mutant, tmp_path: Path) -> None:
+    grade_mutant(m, tmp_path, REQUIRED)
+
+
+@pytest.mark.parametrize("m", STRETCH_MUTANTS, ids=lambda m: m.name)
+def test_stretch_mutant_is_caught_and_costs_no_required_criterion(
+    m: Mutant, tmp_path: Path
+) -> None:
+    grade_mutant(m, tmp_path, REQUIRED | m.fails)
