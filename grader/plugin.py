@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import traceback
@@ -279,6 +280,27 @@ def make_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     for client in clients:
         client.close()
         state.abandoned_app |= client.abandoned
+
+
+class AppOutput:
+    """Everything the app printed or logged during the check, for log-line checks."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture):
+        self._capfd, self._caplog = capfd, caplog
+        self._printed = ""
+
+    def text(self) -> str:
+        out, err = self._capfd.readouterr()
+        self._printed += out + err
+        # Under pytest, records logged through `logging` reach caplog rather than stdout.
+        return self._caplog.text + self._printed
+
+
+@pytest.fixture
+def app_output(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> AppOutput:
+    """What the app prints (stdout, stderr) and logs (INFO and above) during the check."""
+    caplog.set_level(logging.INFO)
+    return AppOutput(capfd, caplog)
 
 
 @pytest.fixture

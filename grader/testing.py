@@ -17,16 +17,19 @@ reads what was sent, what was expected and what came back, never a bare assert.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ._client import AppClient, short_body
+
+T = TypeVar("T")
 
 STORE_COUNTER = "store_operations_total"
 PASSWORD = "correct-horse-1"
@@ -46,6 +49,17 @@ def observed(response: httpx.Response, *headers: str) -> str:
     """`200, X-Cache: HIT`: the status and the named headers as they came back."""
     shown = [f"{name}: {response.headers.get(name, '(missing)')}" for name in headers]
     return ", ".join([str(response.status_code), *shown])
+
+
+def eventually(probe: Callable[[], T], *, until: Callable[[T], bool], timeout: float) -> T:
+    """Call `probe` every 0.1 s until `until(value)` holds or `timeout` passes; return the
+    last value either way, so the check can say what it saw."""
+    deadline = time.monotonic() + timeout
+    value = probe()
+    while not until(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = probe()
+    return value
 
 
 class StoreWatch:
