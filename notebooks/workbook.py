@@ -20,6 +20,7 @@ import importlib
 import io
 import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -91,7 +92,13 @@ async def running_app(package: str, **env: object) -> AsyncIterator[httpx.AsyncC
     from the same package in one process share their users, though: the store keeps
     them in class attributes (see ``store.py``), standing in for a shared database.
     """
-    with environment(**{"LOG_LEVEL": "ERROR", **env}):
+    # A job queue of the app's own (exercise 10.2), not a jobs.sqlite3 next to the notebook.
+    with (
+        tempfile.TemporaryDirectory(prefix="workbook-jobs-") as queue,
+        environment(
+            **{"LOG_LEVEL": "ERROR", "JOBS_DB_PATH": str(Path(queue) / "jobs.sqlite3"), **env}
+        ),
+    ):
         module = importlib.import_module(package)
         app = module.create_app()
         async with LifespanManager(app) as manager:

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .cache import CacheStats
 from .cache_backends import CacheBackend
+from .jobs import JobQueue
 from .metrics import Metrics
 from .models import UserRecord
 from .sessions import SessionStore
@@ -49,12 +50,18 @@ def get_cache_stats(request: Request) -> CacheStats:
     return request.app.state.cache_stats
 
 
+def get_jobs(request: Request) -> JobQueue:
+    """The app's job queue (exercise 10.2)."""
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[UserStore, Depends(get_store)]
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 CacheDep = Annotated[CacheBackend | None, Depends(get_cache)]
 CacheStatsDep = Annotated[CacheStats, Depends(get_cache_stats)]
+JobsDep = Annotated[JobQueue, Depends(get_jobs)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 

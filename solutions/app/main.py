@@ -11,8 +11,10 @@ from fastapi.responses import JSONResponse
 from .cache import CacheStats, ResponseCacheMiddleware, warm_cache
 from .cache_backends import CacheBackend, MemoryCache
 from .cache_redis import RedisCache
+from .job_worker import job_worker
+from .jobs import JobQueue, build_job_queue
 from .metrics import Metrics, RequestMetricsMiddleware
-from .routers import admin, auth, cache_admin, health, users
+from .routers import admin, auth, cache_admin, health, jobs, users
 from .seed import seed_demo_users
 from .sessions import SessionStore
 from .settings import DEFAULT_ADMIN_TOKEN, Settings
@@ -40,12 +42,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     logger.info(
         "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s "
-        "cache_backend=%s",
+        "cache_backend=%s jobs_worker=%s",
         settings.app_name,
         settings.store_latency_ms,
         settings.seed_demo_users,
         settings.cache_enabled,
         settings.cache_backend,  # not REDIS_URL: it may hold a password
+        settings.jobs_worker,
     )
     if settings.admin_token == DEFAULT_ADMIN_TOKEN:
         logger.warning("ADMIN_TOKEN is the public default; set it before exposing this server")
@@ -57,7 +60,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Last, so that the warm entries see the seeded users; before the yield, so that
         # the server takes no request until they are in.
         await warm_cache(app, cache, settings.warm_paths)
-    yield
+    job_queue: JobQueue = app.state.jobs
+    # The worker (JOBS_WORKER=inprocess) starts last, once the app is ready, and stops
+    # first, while everything its jobs use is still there.
+    async with job_worker(job_queue):
+        yield
+    job_queue.close()
     if cache is not None:
         await cache.aclose()
     logger.info("shutdown")
@@ -76,9 +84,9 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app from ``settings`` (default: read from the environment).
 
-    Safe to call many times in one process: each app gets its own metrics registry, store
-    and session objects. The user and session DATA behind those objects is shared, though;
-    see ``store.py``.
+    Safe to call many times in one process: each app gets its own metrics registry, store,
+    session and job queue objects. The user and session DATA behind those objects is
+    shared, though; see ``store.py``.
     """
     if settings is None:
         settings = Settings()
@@ -93,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = metrics.registry
     app.state.store = UserStore(metrics=metrics, latency_ms=settings.store_latency_ms)
     app.state.sessions = SessionStore(ttl_seconds=settings.session_ttl_seconds)
+    # Its own huey instance per app: apps built in one process share no queue object
+    # (they share the queue's file if they share JOBS_DB_PATH, as processes do).
+    app.state.jobs = build_job_queue(settings, metrics)
 
     app.state.cache = None  # no backend at all with CACHE_ENABLED=false
     app.state.cache_stats = CacheStats()  # stays at zero then
@@ -110,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestMetricsMiddleware, requests_total=metrics.http_requests)
     app.add_exception_handler(Exception, internal_error)
-    for module in (health, users, auth, admin, cache_admin):
+    for module in (health, users, auth, admin, cache_admin, jobs):
         app.include_router(module.router)
     return app
 

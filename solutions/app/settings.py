@@ -105,6 +105,65 @@ class Settings(BaseSettings):
         description="Comma-separated paths fetched into the cache at startup (empty: none).",
     )
 
+    # Exercise 10.2: background jobs.
+    jobs_db_path: str = Field(
+        default="jobs.sqlite3",
+        min_length=1,
+        description=(
+            "SQLite file of the job queue and of the job records; jobs queued in it survive "
+            "a restart, and every process that opens it shares its queue."
+        ),
+    )
+    jobs_worker: Literal["inprocess", "none"] = Field(
+        default="inprocess",
+        description=(
+            "inprocess: the app runs jobs in worker threads started by its lifespan; none: "
+            "it only enqueues them, for a worker process (python -m solutions.app worker)."
+        ),
+    )
+    jobs_workers: int = Field(default=2, ge=1, le=64, description="Jobs run at once per worker.")
+    jobs_shutdown_timeout_seconds: float = Field(
+        default=3,
+        ge=0,
+        description=(
+            "How long stopping the app waits for running jobs to finish. Bounded, so that a "
+            "long job cannot hold up a shutdown past the orchestrator's patience."
+        ),
+    )
+    job_max_retries: int = Field(
+        default=3, ge=0, description="Retries of a failed job after its first attempt."
+    )
+    job_retry_delay_seconds: float = Field(
+        default=2,
+        ge=0,
+        description="Wait before the first retry; each next retry waits twice as long.",
+    )
+    user_retention_days: float = Field(
+        default=30,
+        ge=0,
+        description="purge_deleted_users hard-deletes users soft-deleted longer ago than this.",
+    )
+    cleanup_interval_seconds: float = Field(
+        default=3600, gt=0, description="How often a worker enqueues purge_deleted_users."
+    )
+    email_latency_ms: float = Field(
+        default=0, ge=0, description="How long the mock email service takes per email."
+    )
+    email_fail_first: int = Field(
+        default=0,
+        ge=0,
+        description="Fault injection: the mock email service fails its first N sends.",
+    )
+    # Exercise 10.2, stretch goals.
+    job_alert_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Failed job attempts within the alert window that raise an alert.",
+    )
+    job_alert_window_seconds: float = Field(
+        default=60, gt=0, description="The sliding window of the failure alert, in seconds."
+    )
+
     @property
     def warm_paths(self) -> list[str]:
         """``CACHE_WARM_PATHS`` as a list (the environment holds it as one string)."""

@@ -5,6 +5,8 @@ attributes, i.e. in the memory of one Python process. Every app object in that p
 shares them, which feels like a database, but a second instance of the API (another uvicorn
 worker, container or machine) has its own empty copy: a user created through one instance
 is a 404 on the next. Scaling out means moving this state into a real shared store.
+The same goes for a job worker running as its own process (``python -m solutions.app
+worker``, exercise 10.2): it cannot see the users of the API process.
 """
 
 import asyncio
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import ClassVar
+
+from prometheus_client import Counter
 
 from .metrics import Metrics, StoreOperation
 from .models import UserRecord
@@ -30,7 +34,7 @@ class UserStore:
     """Async CRUD over the process-wide list of users.
 
     An instance only holds what differs between apps (its metrics and simulated latency);
-    the data is shared. Each public method counts one ``store_operations_total`` and sleeps
+    the data is shared. Each public method counts one store operation and sleeps
     ``latency_ms`` once, like one round trip to a database server. No route calls more than
     one of them, so the metric counts exactly the requests that reach the store.
 
@@ -42,8 +46,12 @@ class UserStore:
     # itertools.count is read via the class, so ids stay unique across all instances.
     _ids: ClassVar[Iterator[int]] = itertools.count(1)
 
-    def __init__(self, *, metrics: Metrics, latency_ms: float = 0) -> None:
-        self._metrics = metrics
+    def __init__(
+        self, *, metrics: Metrics, latency_ms: float = 0, counter: Counter | None = None
+    ) -> None:
+        # The counter of this instance's round trips: store_operations_total by default;
+        # the background jobs' instance passes metrics.job_store_operations (exercise 10.2).
+        self._operations = counter if counter is not None else metrics.store_operations
         self._latency_seconds = latency_ms / 1000
 
     async def list_users(self) -> list[UserRecord]:
@@ -120,8 +128,25 @@ class UserStore:
         await self._round_trip("list_all")
         return [replace(user) for user in self._users if include_deleted or user.deleted_at is None]
 
+    async def purge_deleted(self, *, deleted_before: datetime) -> int:
+        """Remove for good the users soft-deleted before ``deleted_before``; return how many.
+
+        For the recurring cleanup job (exercise 10.2). The list is rebuilt in place with no
+        await in between, so no other call on the event loop sees it half purged.
+        """
+        await self._round_trip("purge")
+        kept = [
+            user
+            for user in self._users
+            if user.deleted_at is None or user.deleted_at >= deleted_before
+        ]
+        purged = len(self._users) - len(kept)
+        # Slice assignment: the list stays the class attribute every instance shares.
+        self._users[:] = kept
+        return purged
+
     async def _round_trip(self, operation: StoreOperation) -> None:
-        self._metrics.store_operations.labels(operation=operation).inc()
+        self._operations.labels(operation=operation).inc()
         await asyncio.sleep(self._latency_seconds)
 
     def _find_active(self, user_id: int) -> UserRecord | None:

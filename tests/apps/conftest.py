@@ -3,6 +3,7 @@
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,11 +22,13 @@ def app_package(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture
-def make_settings(app_package: ModuleType) -> Callable[..., Any]:
+def make_settings(app_package: ModuleType, tmp_path: Path) -> Callable[..., Any]:
     """Build ``Settings`` that ignore any ``.env`` file, with test defaults and overrides."""
 
     def make(**overrides: Any) -> Any:
         values: dict[str, Any] = {
+            # Each test's own job queue (10.2); the starter ignores the setting.
+            "jobs_db_path": str(tmp_path / "jobs.sqlite3"),
             "admin_token": ADMIN_TOKEN,
             "store_latency_ms": 0,
             "seed_demo_users": False,

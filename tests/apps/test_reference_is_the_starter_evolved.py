@@ -13,14 +13,23 @@ ROOT = Path(__file__).resolve().parents[2]
 # file -> the exercise whose solution changes or adds it
 EVOLVED = {
     "__init__.py": "docstring only: names the package as the reference solution",
+    "__main__.py": "10.2: `python -m solutions.app worker` runs the job worker",
     "cache.py": "10.1, new: the response cache middleware, single flight, warming",
     "cache_backends.py": "10.1, new: the backend interface, entry codec and memory backend",
     "cache_redis.py": "10.1 stretch, new: the Redis backend",
-    "deps.py": "10.1 stretch: the cache backend and statistics as dependencies",
-    "main.py": "10.1: installs the cache middleware; the stretch goals' backend and warming",
+    "deps.py": "10.1 stretch: cache backend and statistics as dependencies; 10.2: the job queue",
+    "email_service.py": "10.2, new: the EmailService protocol and its logging mock",
+    "job_registry.py": "10.2, new: job records, batches and alerts in SQLite",
+    "job_worker.py": "10.2, new: huey's consumer in-process or alone, the recurring cleanup",
+    "jobs.py": "10.2, new: the jobs, and the per-app huey queue that records them",
+    "main.py": "10.1: the cache middleware, backend and warming; 10.2: the job queue and worker",
+    "metrics.py": "10.2: the purge operation, and job_store_operations_total for jobs",
     "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
     "routers/health.py": "10.1 stretch: /health reports the cache backend",
-    "settings.py": "10.1: the CACHE_* settings, and REDIS_URL for the stretch goals",
+    "routers/jobs.py": "10.2, new: the jobs JSON API and dashboard",
+    "routers/users.py": "10.2: POST /users enqueues the welcome email",
+    "settings.py": "10.1: the CACHE_* settings and REDIS_URL; 10.2: the job and email settings",
+    "store.py": "10.2: purge_deleted for the cleanup job; the counter of the jobs' store",
 }
 
 

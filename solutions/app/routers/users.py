@@ -1,13 +1,18 @@
 """The users resource: ``/users`` CRUD with soft delete."""
 
-from fastapi import APIRouter, HTTPException, Response, status
+import logging
 
-from ..deps import StoreDep
+from fastapi import APIRouter, HTTPException, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import JobsDep, StoreDep
 from ..models import UserCreate, UserOut, UserUpdate
 from ..security import hash_password
 from ..store import EmailTakenError, UserNotFoundError
 
 router = APIRouter(prefix="/users", tags=["users"])
+
+logger = logging.getLogger(__name__)
 
 NOT_FOUND = {status.HTTP_404_NOT_FOUND: {"description": "No such user, or it was deleted"}}
 CONFLICT = {status.HTTP_409_CONFLICT: {"description": "Another user has this email"}}
@@ -37,8 +42,14 @@ async def get_user(user_id: int, store: StoreDep) -> UserOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
-async def create_user(body: UserCreate, store: StoreDep, response: Response) -> UserOut:
-    """Register a user; the ``Location`` header points at the new resource."""
+async def create_user(
+    body: UserCreate, store: StoreDep, jobs: JobsDep, response: Response
+) -> UserOut:
+    """Register a user; the ``Location`` header points at the new resource.
+
+    The welcome email is only enqueued here (exercise 10.2): a worker sends it, so the
+    client never waits for the mail server, nor fails because of it.
+    """
     password_hash = await hash_password(body.password)
     try:
         user = await store.create_user(
@@ -46,6 +57,12 @@ async def create_user(body: UserCreate, store: StoreDep, response: Response) -> 
         )
     except EmailTakenError:
         raise email_taken() from None
+    try:
+        # In a thread: enqueueing writes to SQLite, which must not block the event loop.
+        await run_in_threadpool(jobs.enqueue, "send_welcome_email", {"user_id": user.id})
+    except Exception:
+        # The user exists whatever happens to the email: answer 201 and log the loss.
+        logger.exception("could not enqueue the welcome email of user %d", user.id)
     response.headers["Location"] = f"{router.prefix}/{user.id}"
     return UserOut.model_validate(user)
 

@@ -1,0 +1,196 @@
+"""Running the jobs: huey's consumer inside the app (``JOBS_WORKER=inprocess``) or alone.
+
+huey's ``Consumer`` owns worker threads (they take jobs from the queue and run them) and a
+scheduler thread (it moves delayed jobs and retries into the queue when they are due).
+``Consumer.run()`` is meant to be a program's main loop: it installs handlers for
+SIGINT, SIGTERM and SIGHUP and blocks. That is right for ``python -m solutions.app worker``
+(``run_standalone_worker``) and wrong inside uvicorn, which must keep its own handlers to
+shut down gracefully. So the in-process worker calls only ``start()`` (which starts the
+threads) with the signal handler installation overridden to do nothing, and the lifespan
+calls ``stop()``.
+
+Two more adjustments to huey's defaults, both about time resolution:
+
+- huey's scheduler wakes once a second at best, which would round a 0.2 s retry delay up
+  to a second; ``JobScheduler`` polls four times a second.
+- huey's periodic tasks are crontabs, checked once a minute: too coarse for "every
+  CLEANUP_INTERVAL_SECONDS", which may be 1. ``RecurringJob`` enqueues a job every
+  interval instead, from the same scheduler thread, so it runs wherever a worker runs.
+"""
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from huey.consumer import Consumer, Scheduler
+
+from .job_registry import utcnow
+from .jobs import JobQueue, build_job_queue
+from .metrics import Metrics
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# An idle worker polls the queue after 0.05 s, then waits a little longer each time, up to
+# 0.25 s: a new job starts within a quarter of a second, and an idle worker costs a few
+# cheap SQLite reads per second. (Redis storage blocks on the queue instead of polling.)
+WORKER_FIRST_POLL_SECONDS = 0.05
+WORKER_MAX_POLL_SECONDS = 0.25
+SCHEDULER_POLL_SECONDS = 0.25
+
+
+class RecurringJob:
+    """Enqueue job ``name`` every ``interval_seconds``, wherever a worker's scheduler runs.
+
+    The cadence survives restarts: the first due time is the last enqueue that the
+    registry recorded (by any process sharing the file) plus one interval, or one interval
+    from now on a fresh file. Before each enqueue it checks the registry again and skips
+    if another worker enqueued the job meanwhile. That narrows, but does not close, the
+    race between several workers; a lock in shared storage would (exercise 10.4).
+    """
+
+    def __init__(self, queue: JobQueue, name: str, interval_seconds: float) -> None:
+        self.queue = queue
+        self.name = name
+        self.interval = timedelta(seconds=interval_seconds)
+        self._due: datetime | None = None
+
+    def tick(self, now: datetime) -> None:
+        """Called by the scheduler a few times a second: enqueue the job if it is due."""
+        if self._due is None:
+            last = self.queue.registry.last_created_at(self.name)
+            self._due = (last or now) + self.interval
+        if now < self._due:
+            return
+        last = self.queue.registry.last_created_at(self.name)
+        if last is not None and now < last + self.interval:
+            self._due = last + self.interval  # another worker enqueued it meanwhile
+            return
+        record = self.queue.enqueue(self.name)
+        self._due = record.created_at + self.interval
+
+
+class JobScheduler(Scheduler):
+    """huey's scheduler, polling four times a second and driving the recurring jobs."""
+
+    def __init__(self, huey: object, stop_flag: object, *, recurring: list[RecurringJob]) -> None:
+        super().__init__(huey, stop_flag, interval=1, periodic=False)
+        # huey clamps the interval to 1-60 s in __init__; its loop works with any interval.
+        self.interval = SCHEDULER_POLL_SECONDS
+        self._recurring = recurring
+
+    def loop(self, now: datetime | None = None) -> None:
+        moment = utcnow()
+        for job in self._recurring:
+            try:
+                job.tick(moment)
+            except Exception:
+                # Logged, not raised: an exception would end the scheduler thread, and with
+                # it delayed jobs and retries.
+                logger.exception("could not enqueue the recurring job %s", job.name)
+        super().loop(now)
+
+
+class JobConsumer(Consumer):
+    """huey's consumer with this app's scheduler and polling, configured from settings.
+
+    As is, for a process of its own: ``run()`` installs signal handlers. SIGTERM (what
+    ``docker stop`` and Kubernetes send) stops gracefully, waiting up to
+    JOBS_SHUTDOWN_TIMEOUT_SECONDS for running jobs; SIGINT (Ctrl-C) stops at once.
+    """
+
+    def __init__(self, queue: JobQueue) -> None:
+        settings = queue.settings
+        # Before super().__init__(), which creates the scheduler (_create_scheduler).
+        self._recurring = [
+            RecurringJob(queue, "purge_deleted_users", settings.cleanup_interval_seconds)
+        ]
+        super().__init__(
+            queue.huey,
+            workers=settings.jobs_workers,
+            worker_type="thread",
+            periodic=False,  # no crontab tasks: the recurring job is ours
+            initial_delay=WORKER_FIRST_POLL_SECONDS,
+            max_delay=WORKER_MAX_POLL_SECONDS,
+            graceful_signal="TERM",
+            shutdown_timeout=settings.jobs_shutdown_timeout_seconds,
+        )
+
+    def _create_scheduler(self) -> Scheduler:
+        # huey's documented extension point for a custom scheduler.
+        return JobScheduler(self.huey, self.stop_flag, recurring=self._recurring)
+
+
+class EmbeddedJobConsumer(JobConsumer):
+    """A consumer that runs inside another program: threads only, no signal handlers."""
+
+    def _set_signal_handlers(self) -> None:
+        # Called at the end of start(). Installing none leaves SIGTERM and SIGINT to
+        # uvicorn, whose graceful shutdown runs the lifespan, which stops this consumer.
+        # (signal.signal would also fail here: it works only in the main thread, and a
+        # lifespan may run in another one, as under TestClient.)
+        pass
+
+    def stop_gracefully(self) -> None:
+        """Stop taking jobs; wait up to JOBS_SHUTDOWN_TIMEOUT_SECONDS for running ones.
+
+        A job still running then is recorded as interrupted. Its thread is a daemon: it
+        goes on until the process exits, which never waits for it.
+        """
+        self.stop(graceful=True)
+        self.huey.notify_interrupted_tasks()
+
+
+@asynccontextmanager
+async def job_worker(queue: JobQueue) -> AsyncIterator[None]:
+    """Run the app's worker for the duration of the block, if JOBS_WORKER=inprocess."""
+    if queue.settings.jobs_worker != "inprocess":
+        logger.info("jobs worker off (JOBS_WORKER=none): jobs wait for a worker process")
+        yield
+        return
+    # The portal lets the worker threads run store calls on this event loop.
+    async with BlockingPortal() as portal:
+        queue.services.portal = portal
+        consumer = EmbeddedJobConsumer(queue)
+        consumer.start()
+        logger.info(
+            "jobs worker started threads=%d db=%s",
+            queue.settings.jobs_workers,
+            queue.settings.jobs_db_path,
+        )
+        try:
+            yield
+        finally:
+            # In a thread, so that this event loop stays free: a job finishing meanwhile
+            # may be waiting for it, through the portal.
+            await anyio.to_thread.run_sync(consumer.stop_gracefully)
+            queue.services.portal = None
+            logger.info("jobs worker stopped")
+
+
+def run_standalone_worker(settings: Settings) -> None:
+    """``python -m solutions.app worker``: run jobs from JOBS_DB_PATH until a signal."""
+    queue = build_job_queue(settings, Metrics())  # no /metrics here: nobody would scrape it
+    logger.warning(
+        "the users live in each process's memory (store.py): welcome emails for users "
+        "created by an API process find no user here until the store is shared (10.4)"
+    )
+    try:
+        # A private event loop, in a thread, for the jobs' store calls.
+        with start_blocking_portal() as portal:
+            queue.services.portal = portal
+            consumer = JobConsumer(queue)
+            logger.info(
+                "jobs worker process started pid=%d threads=%d db=%s",
+                os.getpid(),
+                settings.jobs_workers,
+                settings.jobs_db_path,
+            )
+            consumer.run()  # returns after SIGTERM or SIGINT
+    finally:
+        queue.close()
+    logger.info("jobs worker process stopped")
