@@ -85,7 +85,11 @@ class AppClient:
         except concurrent.futures.TimeoutError:
             future.cancel()
             self.abandoned = True
-            raise AppProblem(f"{what} did not finish within {self.timeout:g} s") from None
+            raise AppProblem(
+                f"{what}\nexpected: to finish within {self.timeout:g} s\n"
+                "observed: still running when the grader stopped waiting"
+                " (does it hang, or wait for slow work?)"
+            ) from None
         except AppProblem:
             raise
         except Exception as exc:  # the learner's code raised: report it, do not crash
@@ -103,7 +107,10 @@ class AppClient:
         exchange = Exchange(method, path, dict(headers or {}))
         self.exchanges.append(exchange)
         if self.abandoned:
-            raise AppProblem("the app stopped answering earlier in this check")
+            raise AppProblem(
+                f"{exchange.describe()}\nexpected: an answer\n"
+                "observed: not sent: the app stopped answering earlier in this check"
+            )
         assert self._http is not None
         http = self._http
         try:

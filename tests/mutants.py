@@ -145,4 +145,86 @@ STRETCH_MUTANTS_10_1 = [
     ),
 ]  # fmt: skip
 
-MUTANTS = [*MUTANTS_10_1, *STRETCH_MUTANTS_10_1]
+ENQUEUE_WELCOME = (
+    '        await run_in_threadpool(jobs.enqueue, "send_welcome_email", {"user_id": user.id})\n'
+)
+FINISHED_SQL = "UPDATE job_record SET status = 'succeeded', finished_at = {}, dead_letter = 0 "
+
+MUTANTS_10_2 = [
+    mutant(
+        # The request waits until the welcome email job has finished: "sent inline".
+        "10.2", "request-waits-for-the-email", "routers/users.py",
+        ENQUEUE_WELCOME,
+        "        record = " + ENQUEUE_WELCOME.lstrip()
+        + "        while jobs.registry.get(record.id).status in ('queued', 'running'):\n"
+        + "            await __import__('asyncio').sleep(0.05)\n",
+        "job-framework",
+    ),
+    mutant(
+        "10.2", "welcome-enqueued-twice", "routers/users.py",
+        ENQUEUE_WELCOME, ENQUEUE_WELCOME * 2,
+        "enqueue-on-create", "retries",
+    ),
+    mutant(
+        "10.2", "email-not-logged", "email_service.py",
+        'logger.info("welcome email sent to=%s name=%r", to, name)',
+        'logger.debug("welcome email sent to=%s name=%r", to, name)',
+        "job-processing",
+    ),
+    mutant(
+        "10.2", "dashboard-hides-job-ids", "routers/jobs.py",
+        'f"<code>{escape(record.id)}</code>",', '"<code>a job</code>",',
+        "dashboard",
+    ),
+    mutant(
+        "10.2", "retention-ignored", "jobs.py",
+        "retention = timedelta(days=services.settings.user_retention_days)",
+        "retention = timedelta(days=0)",
+        "recurring-cleanup",
+    ),
+    mutant(
+        "10.2", "no-retries", "jobs.py",
+        "retries=self.settings.job_max_retries,", "retries=0,",
+        "retries",
+    ),
+    mutant(
+        "10.2", "priority-ignored", "jobs.py",
+        "priority=PRIORITIES[record.priority],", "priority=0,",
+        "priorities",
+    ),
+    mutant(
+        "10.2", "delay-ignored", "jobs.py",
+        "eta=record.run_at,", "eta=None,",
+        "delayed",
+    ),
+    mutant(
+        "10.2", "finish-time-not-recorded", "job_registry.py",
+        FINISHED_SQL.format("?"), FINISHED_SQL.format("NULL AND ?"),
+        "status-tracking",
+    ),
+    mutant(
+        "10.2", "cancel-does-nothing", "jobs.py",
+        "changed, record = self.registry.cancel(job_id, utcnow())",
+        "changed, record = False, self.registry.get(job_id)",
+        "cancellation",
+    ),
+    mutant(
+        "10.2", "batch-failures-uncounted", "job_registry.py",
+        'failed=counts.get("failed", 0),', "failed=0,",
+        "batches",
+    ),
+    mutant(
+        "10.2", "alert-storm", "job_registry.py",
+        "if failures < threshold or (last_alert is not None and last_alert > since):",
+        "if failures < threshold:",
+        "alerts",
+    ),
+    mutant(
+        "10.2", "failed-jobs-not-dead-lettered", "job_registry.py",
+        "\"dead_letter = 1 WHERE id = ? AND status = 'running'\"",
+        "\"dead_letter = 0 WHERE id = ? AND status = 'running'\"",
+        "dead-letter",
+    ),
+]  # fmt: skip
+
+MUTANTS = [*MUTANTS_10_1, *STRETCH_MUTANTS_10_1, *MUTANTS_10_2]
