@@ -59,3 +59,10 @@ def make_client(
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each app test in its own folder: files an app writes by default (the 10.2 job
+    queue's jobs.sqlite3, say) land there, not in the repository."""
+    monkeypatch.chdir(tmp_path)
