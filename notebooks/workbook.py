@@ -10,21 +10,28 @@ factory that reads its settings from environment variables, driven over HTTP in-
 - ``counted_get(client, path)``: one GET and the number of store calls it caused;
 - ``timed_gets(client, path, n)``: ``n`` sequential GETs, timed, with their ``X-Cache``;
 - ``redis_available(url)``, ``redis_keys(url, prefix)``, ``delete_redis_keys(url, prefix)``;
+- ``admin_headers(token)``: the ``Authorization`` header of an admin request;
+- ``wait_for(probe, timeout=...)``: poll an async probe until it reports success or time is up;
+- ``captured_output()``: the app's log records and printed lines during a block, timestamped;
 - ``show_checklist(result)``: a grading result as the ``grade`` command prints it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import io
+import logging
 import os
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
     import redis
 
     from grader import GradeResult
+
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://testserver"
@@ -213,6 +222,121 @@ def delete_redis_keys(url: str, prefix: str) -> int:
         return int(client.delete(*keys)) if keys else 0
     finally:
         client.close()
+
+
+def admin_headers(token: str) -> dict[str, str]:
+    """The headers of an admin request: ``Authorization: Bearer <token>``."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 5.0, interval: float = 0.05
+) -> T:
+    """Await ``probe()`` every ``interval`` seconds until it returns something truthy.
+
+    Returns that value, or the last (falsy) one once ``timeout`` seconds have passed. It never
+    raises on a timeout: the caller decides what "it did not happen" means, so that a missing
+    feature becomes an explanation rather than an error.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+@dataclass(frozen=True)
+class CapturedLine:
+    """One line the app logged or printed: when (``time.time()``), where from, and the text.
+
+    ``source`` is the logger's name for a log record, ``stdout`` or ``stderr`` for a print.
+    """
+
+    at: float
+    source: str
+    level: str
+    text: str
+
+
+@dataclass
+class OutputCapture:
+    """What ``captured_output()`` collected, in the order it arrived (threads included)."""
+
+    lines: list[CapturedLine] = field(default_factory=list)
+
+    def matching(self, text: str) -> list[CapturedLine]:
+        """The lines that contain ``text``."""
+        return [line for line in list(self.lines) if text in line.text]
+
+
+class _CaptureHandler(logging.Handler):
+    def __init__(self, capture: OutputCapture) -> None:
+        super().__init__(level=logging.NOTSET)
+        self._capture = capture
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string in the app: keep the raw message
+            text = str(record.msg)
+        line = CapturedLine(record.created, record.name, record.levelname, text)
+        self._capture.lines.append(line)
+
+
+class _CaptureStream(io.TextIOBase):
+    """A text stream that turns what is written to it into timestamped lines."""
+
+    def __init__(self, capture: OutputCapture, source: str) -> None:
+        self._capture = capture
+        self._source = source
+        self._pending = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *complete, self._pending = (self._pending + text).split("\n")
+        for line in complete:
+            self._capture.lines.append(CapturedLine(time.time(), self._source, "", line))
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, ""
+        if pending:
+            self._capture.lines.append(CapturedLine(time.time(), self._source, "", pending))
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[OutputCapture]:
+    """Collect what the app logs and prints during the block, instead of showing it.
+
+    Every log record that reaches the root logger is kept (the app's own loggers only pass
+    on records at their level or above: start the app with ``LOG_LEVEL="INFO"`` to see its
+    INFO lines), and so is every line written to ``sys.stdout`` or ``sys.stderr``, from
+    any thread. Nothing of it appears in the notebook while the block runs, so print your
+    findings after the block. The root logger's own handlers are put back at the end.
+    """
+    capture = OutputCapture()
+    handler = _CaptureHandler(capture)
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for old in saved:
+        root.removeHandler(old)
+    root.addHandler(handler)  # an app's logging.basicConfig() now leaves the root alone
+    out, err = _CaptureStream(capture, "stdout"), _CaptureStream(capture, "stderr")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield capture
+    finally:
+        out.flush()
+        err.flush()
+        root.removeHandler(handler)
+        for old in saved:
+            root.addHandler(old)
 
 
 def show_checklist(result: GradeResult, *, width: int = 100) -> None:

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 
 NOTEBOOKS = ROOT / "notebooks"
 CACHING = NOTEBOOKS / "10.1-response-caching.ipynb"
+JOBS = NOTEBOOKS / "10.2-background-jobs.ipynb"
 
 
 def execute(path: Path) -> NotebookNode:
@@ -66,8 +67,17 @@ def has_png(notebook: NotebookNode) -> bool:
     )
 
 
-def test_caching_notebook_is_stored_clean() -> None:
-    notebook = nbformat.read(CACHING, as_version=4)
+def has_html(notebook: NotebookNode) -> bool:
+    return any(
+        "text/html" in output.get("data", {})
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+
+
+@pytest.mark.parametrize("path", [CACHING, JOBS], ids=lambda path: path.stem)
+def test_notebook_is_stored_clean(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
     assert notebook.metadata.kernelspec.name == "python3"
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -93,4 +103,36 @@ def test_caching_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> Non
     else:
         assert "HIT" in text
         assert "All six requests behaved as the contract expects" in text
+        assert "Exercise complete" in text
+
+
+@pytest.mark.parametrize("app", ["starter_app", "solutions.app"])
+def test_jobs_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBOOK_APP", app)
+    notebook = execute(JOBS)
+    text = text_of(notebook)
+
+    assert f"App under study: {app}" in text
+    assert has_png(notebook), "the POST /users latency figure is missing"
+    assert "Exercise 10.2 · Background jobs" in text  # the grader's checklist
+    # Every app gets a job queue file in a temporary folder, never one next to the notebook.
+    assert not (NOTEBOOKS / "jobs.sqlite3").exists()
+    if app == "starter_app":
+        assert "it sends no welcome email" in text
+        assert "GET /jobs/api/jobs answered 404" in text
+        assert "does not send a welcome email yet" in text
+        assert "has no /jobs page yet" in text
+        assert not has_html(notebook), "the starter has no dashboard to display"
+        assert "Not done yet" in text
+    else:
+        assert "the request only enqueued the email" in text
+        assert "succeeded" in text
+        assert "welcome email sent to=learner-" in text
+        assert "Ended 'failed' after 3 attempts" in text
+        assert "'job failed' lines with the job's id: 3" in text
+        assert "the failed job is listed" in text
+        assert "The requeued job succeeded" in text
+        assert "GET /jobs without a token -> 401" in text
+        assert "The page shows the id of the job just enqueued" in text
+        assert has_html(notebook), "the dashboard is not displayed"
         assert "Exercise complete" in text
