@@ -42,15 +42,10 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import json
-import math
 import os
-import platform
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,9 +59,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import (
+    ROOT,
+    Child,
+    checkout_env,
+    environment,
+    exit_on_sigterm,
+    free_ports,
+    load_average,
+    paired_ratios,
+    percentile,
+    round_or_none,
+    say,
+    stop_all,
+    verdict,
+    write_json,
+)
 from asgi_lifespan import LifespanManager
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 USER_PATH = "/users/1"  # alice, the first demo user: SEED_DEMO_USERS=true creates her
 HIT_TARGET_RATIO = 20.0  # cached vs uncached at 20 ms
@@ -78,7 +88,6 @@ STAMPEDE_REQUESTS = 100
 # Per request: only catches a server that hangs; a healthy one answers in milliseconds.
 REQUEST_TIMEOUT = 10.0
 STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
 PERCENTILES = ("p50", "p75", "p90", "p99")
 WRK_GRACE = 15.0  # seconds a wrk run may take beyond its -d before it is killed
 WRK_SETTLE = 0.1  # seconds after wrk stops, for the requests it left in flight to finish
@@ -108,16 +117,6 @@ METRIC_LINE = re.compile(r"^store_operations_total(?:\{[^}]*\})? ([0-9.eE+-]+)$"
 SWITCH_NAME = re.compile(r"stampede|single_?flight|coalesc", re.IGNORECASE)
 
 
-def _say(message: str) -> None:
-    """Progress goes to stderr, so stdout holds the results only."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _load() -> list[float] | None:
-    """The 1/5/15-minute load averages: a noisy run shows up here, worth keeping in notes."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def app_env(**settings: str) -> dict[str, str]:
     """The environment of an app: ours minus the contract variables, plus `settings`.
 
@@ -127,13 +126,13 @@ def app_env(**settings: str) -> dict[str, str]:
     and an admin token that is not the public default. The repo root goes on PYTHONPATH so the
     apps import from this checkout although they run in a temporary folder.
     """
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in CONTRACT_NAMES and not name.startswith(CONTRACT_PREFIXES)
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
+    env = checkout_env(
+        {
+            name: value
+            for name, value in os.environ.items()
+            if name not in CONTRACT_NAMES and not name.startswith(CONTRACT_PREFIXES)
+        }
+    )
     env.update(
         LOG_LEVEL="WARNING",
         ADMIN_TOKEN=ADMIN_TOKEN,
@@ -144,15 +143,15 @@ def app_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports, all held open while choosing so none repeats."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+def in_process_env(cwd: Path, **settings: str) -> dict[str, str]:
+    """`app_env(**settings)` for an app this process builds and runs itself.
+
+    Only `create_app()` runs inside `environment(env, cwd)`; its lifespan runs later, back in
+    the folder the bench was started from. The reference's job queue (exercise 10.2) opens
+    JOBS_DB_PATH then, so a relative path would put a `jobs.sqlite3` there, in the repo, and
+    its worker threads would find no tables in it: the path is made absolute, in `cwd`.
+    """
+    return app_env(JOBS_DB_PATH=str(cwd / "jobs.sqlite3"), **settings)
 
 
 def store_reads_in(metrics_text: str) -> int:
@@ -170,29 +169,28 @@ async def store_reads(client: httpx.AsyncClient) -> int:
 
 
 @dataclass
-class Server:
-    """One uvicorn process on 127.0.0.1: started once, driven for every round, then stopped."""
+class Server(Child):
+    """One uvicorn process on 127.0.0.1: started once, driven for every round, then stopped.
 
-    label: str
-    command: list[str]
+    Its CPU time (`cpu_seconds()`) gives CPU per request, the server's own cost, which the
+    client cannot cap: on 2 shared cores a Python client may saturate before the server does.
+    """
+
     settings: dict[str, str]
     port: int = 0
-    log: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *, port: int, cwd: Path) -> None:
-        """Start the process; output goes to a log file (no pipe to drain), shown on failure."""
+        """Start the server on `port`, logging to a file in `cwd`."""
         self.port = port
-        self.log = cwd / f"{re.sub(r'[^a-z0-9]+', '-', self.label.lower())}.log"
-        env = app_env(HOST="127.0.0.1", PORT=str(port), **self.settings)
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                self.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
-            )
+        self.launch(
+            log=cwd / f"{re.sub(r'[^a-z0-9]+', '-', self.label.lower())}.log",
+            env=app_env(HOST="127.0.0.1", PORT=str(port), **self.settings),
+            cwd=cwd,
+        )
 
     def wait_ready(self) -> None:
         """Poll `/health` until it answers; fail with the log's tail if the process dies."""
@@ -208,42 +206,6 @@ class Server:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.label} did not answer /health within {STARTUP_TIMEOUT:g} s")
 
-    def log_tail(self) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server so far, from /proc (None where there is none).
-
-        CPU per request is the server's own cost, which the client cannot cap: on 2 shared
-        cores a Python client may saturate before the server does.
-        """
-        if self.process is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", comm may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def interrupt(self) -> None:
-        """SIGINT by pid: uvicorn's graceful stop."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGINT)
-
-    def reap(self, deadline: float) -> None:
-        """Wait for the process until `deadline` (time.monotonic()), then SIGKILL it by pid."""
-        if self.process is None:
-            return
-        try:
-            self.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
 
 @contextlib.contextmanager
 def running(servers: Sequence[Server], cwd: Path) -> Iterator[None]:
@@ -258,12 +220,7 @@ def running(servers: Sequence[Server], cwd: Path) -> Iterator[None]:
                 sys.exit(f"bench: aborted, {error}.\n--- its log (tail) ---\n{server.log_tail()}")
         yield
     finally:
-        # All interrupted first, then reaped: they shut down in parallel.
-        for server in servers:
-            server.interrupt()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for server in servers:
-            server.reap(deadline)
+        stop_all(servers)
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -300,7 +257,7 @@ class Batch:
             "rps": round(self.rps, 1),
             "latency_ms": self.latency_ms,
             "client_cpu_s": round(self.client_cpu, 3),
-            "server_cpu_s": _round(self.server_cpu, 3),
+            "server_cpu_s": round_or_none(self.server_cpu, 3),
             "store_reads": self.store_reads,
             "x_cache": self.x_cache,
         }
@@ -384,29 +341,18 @@ class LoadVariant:
             "rps": [round(r, 1) for r in self.rps],
             "median_rps": round(self.median_rps, 1),
             "best_rps": round(self.best_rps, 1),
-            "median_latency_ms": {p: _round(self.median_latency(p), 3) for p in PERCENTILES},
-            "median_server_cpu_us_per_request": _round(self.median_server_us, 1),
+            "median_latency_ms": {p: round_or_none(self.median_latency(p), 3) for p in PERCENTILES},
+            "median_server_cpu_us_per_request": round_or_none(self.median_server_us, 1),
             "median_client_cpu_percent": round(self.median_client_cpu_percent, 1),
             "batches": [b.summary() for b in self.batches],
         }
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def percentiles_ms(durations: Sequence[float]) -> dict[str, float]:
     """The PERCENTILES of `durations` (seconds), in ms, nearest rank."""
     if not durations:
         return {}
-    ordered = sorted(durations)
-    last = len(ordered) - 1
-    return {
-        p: round(
-            ordered[min(last, max(0, math.ceil(int(p[1:]) / 100 * len(ordered)) - 1))] * 1e3, 3
-        )
-        for p in PERCENTILES
-    }
+    return {p: round(percentile(durations, int(p[1:]) / 100) * 1e3, 3) for p in PERCENTILES}
 
 
 def store_reads_now(client: httpx.Client) -> int:
@@ -718,12 +664,12 @@ def interleave(
                 variant.batches.append(batch)
         tag = f"round {n - warmup + 1}/{rounds}" if timed else f"warm-up {n + 1}/{warmup}"
         cells = ", ".join(f"{v.key} {v.batches[-1].rps:.0f}/s" for v in variants if timed)
-        _say(f"  {tag}" + (f": {cells}" if cells else ""))
+        say(f"  {tag}" + (f": {cells}" if cells else ""))
 
 
 def paired(a: LoadVariant, b: LoadVariant) -> list[float]:
-    """Throughput a/b round by round: each pair ran back to back, so it saw about the same load."""
-    return [x / y for x, y in zip(a.rps, b.rps, strict=True)]
+    """Throughput a/b round by round."""
+    return paired_ratios(a.rps, b.rps)
 
 
 def _ms(value: float | None) -> str:
@@ -890,7 +836,7 @@ async def _app_alone(rounds: int, latency_ms: int, hits: int, misses: int, cwd: 
     _prepare_imports()
     apps = {}
     for name, module in (("reference", "solutions.app"), ("starter", "starter_app")):
-        with environment(app_env(STORE_LATENCY_MS=str(latency_ms)), cwd):
+        with environment(in_process_env(cwd, STORE_LATENCY_MS=str(latency_ms)), cwd):
             apps[name] = importlib.import_module(module).create_app()
     times: dict[str, list[float]] = {"reference": [], "starter": []}
     async with contextlib.AsyncExitStack() as stack:
@@ -913,7 +859,7 @@ async def _app_alone(rounds: int, latency_ms: int, hits: int, misses: int, cwd: 
 
 def bench_app_alone(*, rounds: int, cwd: Path) -> dict[str, Any]:
     """Figure 1b: the time the app itself spends on a HIT vs on an uncached request."""
-    _say("app alone: GETs straight into the ASGI apps, one at a time")
+    say("app alone: GETs straight into the ASGI apps, one at a time")
     results: dict[str, Any] = {}
     for latency in LATENCIES_MS:
         misses = 300 if latency == 0 else 30  # at 20 ms, 30 take ~0.7 s
@@ -1036,7 +982,7 @@ def bench_load(
     servers, variants = build_load_variants(with_fc2, counts)
     v = {variant.key: variant for variant in variants}
     conns = " and ".join(f"c{c}" for c in counts)
-    _say(
+    say(
         f"throughput: {len(servers)} uvicorn servers, GET {USER_PATH}, {conns},"
         f" {load.describe()}, {rounds} rounds"
     )
@@ -1121,7 +1067,7 @@ def bench_load(
     hit_met = hit_ratio >= HIT_TARGET_RATIO
     print(
         f"  target HIT vs uncached at {slow} ms >= {HIT_TARGET_RATIO:g}x, one client (c1):"
-        f" {_verdict(hit_met)}"
+        f" {verdict(hit_met)}"
     )
     saturated_text = ""
     if saturated > 1:
@@ -1138,7 +1084,7 @@ def bench_load(
             + ", ".join(
                 f"{hit['c1'][f'{lat}ms']['ratio_median']:.1f}x at {lat} ms" for lat in LATENCIES_MS
             )
-            + f" (target >= {HIT_TARGET_RATIO:g}x at {slow} ms: {_verdict(hit_met)})"
+            + f" (target >= {HIT_TARGET_RATIO:g}x at {slow} ms: {verdict(hit_met)})"
             + saturated_text
             + f"; app alone {app_alone[f'{slow}ms']['ratio_median']:.0f}x at {slow} ms"
         ),
@@ -1174,24 +1120,24 @@ def bench_load(
         )
     cpu_met = None if cpu_overhead is None else cpu_overhead <= MISS_TARGET_PERCENT
     print(
-        f"  target overhead <= {MISS_TARGET_PERCENT:g} %: {_verdict(miss_met)}"
-        + ("" if cpu_met is None else f" (in server CPU: {_verdict(cpu_met)})")
+        f"  target overhead <= {MISS_TARGET_PERCENT:g} %: {verdict(miss_met)}"
+        + ("" if cpu_met is None else f" (in server CPU: {verdict(cpu_met)})")
     )
     results["miss_overhead"] = {
         "connections": saturated,
         "overhead_percent": round(overhead, 2),
         "paired_overhead_percent": [round(p, 2) for p in pairs],
-        "server_cpu_overhead_percent": _round(cpu_overhead, 2),
+        "server_cpu_overhead_percent": round_or_none(cpu_overhead, 2),
         "target_percent": MISS_TARGET_PERCENT,
         "target_met": miss_met,
         "target_met_in_server_cpu": cpu_met,
         "summary": (
             f"2. reference MISS vs CACHE_ENABLED=false at 0 ms, c{saturated}: {overhead:+.1f} %"
-            f" time per request (target <= {MISS_TARGET_PERCENT:g} %: {_verdict(miss_met)})"
+            f" time per request (target <= {MISS_TARGET_PERCENT:g} %: {verdict(miss_met)})"
             + (
                 ""
                 if cpu_overhead is None or cpu_met is None
-                else f"; {cpu_overhead:+.1f} % server CPU ({_verdict(cpu_met)})"
+                else f"; {cpu_overhead:+.1f} % server CPU ({verdict(cpu_met)})"
             )
         ),
     }
@@ -1218,26 +1164,7 @@ def bench_load(
     return results
 
 
-def _verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
 # --- figure 3: stampede, in-process ----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str], cwd: Path) -> Iterator[None]:
-    """Run `create_app()` with exactly `env` as os.environ, in `cwd` (no stray `.env`)."""
-    saved, saved_cwd = dict(os.environ), Path.cwd()
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    try:
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _prepare_imports() -> None:
@@ -1262,7 +1189,7 @@ async def stampede_once(
     factory: Callable[[], Any], settings: dict[str, str], *, requests: int, cwd: Path
 ) -> dict[str, Any]:
     """`requests` concurrent GETs of one user nobody asked for yet, against a fresh app."""
-    env = app_env(STORE_LATENCY_MS=str(STAMPEDE_LATENCY_MS), **settings)
+    env = in_process_env(cwd, STORE_LATENCY_MS=str(STAMPEDE_LATENCY_MS), **settings)
     with environment(env, cwd):
         app = factory()
     async with LifespanManager(app, startup_timeout=STARTUP_TIMEOUT) as manager:
@@ -1312,7 +1239,7 @@ def bench_stampede(*, with_fc2: bool, cwd: Path) -> dict[str, Any]:
     if with_fc2:
         cases.append(("fastapi_cache2", "fastapi-cache2", factory("fastapi_cache2_app"), {}))
 
-    _say(f"stampede: {STAMPEDE_REQUESTS} concurrent cold GETs, in-process, {len(cases)} apps")
+    say(f"stampede: {STAMPEDE_REQUESTS} concurrent cold GETs, in-process, {len(cases)} apps")
     results: dict[str, Any] = {}
     for key, label, make, settings in cases:
         outcome = asyncio.run(stampede_once(make, settings, requests=STAMPEDE_REQUESTS, cwd=cwd))
@@ -1336,7 +1263,7 @@ def bench_stampede(*, with_fc2: bool, cwd: Path) -> dict[str, Any]:
     if not switch:
         print("  (the reference has no setting that switches stampede protection off)")
     met = results["reference"]["store_reads"] == STAMPEDE_EXPECTED
-    print(f"  target reference == {STAMPEDE_EXPECTED} store read: {_verdict(met)}")
+    print(f"  target reference == {STAMPEDE_EXPECTED} store read: {verdict(met)}")
     others = ", ".join(
         f"{r['label']} {r['store_reads']}" for k, r in results.items() if k != "reference"
     )
@@ -1350,7 +1277,7 @@ def bench_stampede(*, with_fc2: bool, cwd: Path) -> dict[str, Any]:
         "summary": (
             f"3. store reads for {STAMPEDE_REQUESTS} concurrent cold GETs:"
             f" reference {results['reference']['store_reads']}, {others}"
-            f" (target reference == {STAMPEDE_EXPECTED}: {_verdict(met)})"
+            f" (target reference == {STAMPEDE_EXPECTED}: {verdict(met)})"
         ),
     }
 
@@ -1414,23 +1341,17 @@ def load_generator(args: argparse.Namespace) -> LoadGenerator:
     if args.wrk:
         return WrkLoad(args.wrk, duration=args.duration)
     if args.client == "auto":
-        _say(WRK_ADVICE)
+        say(WRK_ADVICE)
     return HttpxLoad(requests=args.requests, time_cap=args.time_cap)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (`timeout`, a CI runner) would end Python without running `finally` blocks,
-    leaving the servers behind: turn it into an exit that unwinds and stops them."""
-    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     with_fc2 = importlib.util.find_spec("fastapi_cache") is not None
     if not with_fc2:
-        _say("fastapi-cache2 is not installed (pip install -e '.[bench]'): its figures are skipped")
-    load_before = _load()
+        say("fastapi-cache2 is not installed (pip install -e '.[bench]'): its figures are skipped")
+    load_before = load_average()
     started = time.monotonic()
     results: dict[str, Any] = {}
     # A scratch working folder: the servers' logs go there, and no `.env` is read from the repo.
@@ -1486,19 +1407,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = f"4. reference vs fastapi-cache2{where}: " + "; ".join(parts)
         print(summary)
         results["fastapi_cache2_summary"] = summary
-    _say(f"done in {time.monotonic() - started:.0f} s")
+    say(f"done in {time.monotonic() - started:.0f} s")
     if args.json:
-        document = {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_before": load_before,
-            "load_avg_after": _load(),
-            "duration_s": round(time.monotonic() - started, 1),
-            "fastapi_cache2": with_fc2,
-            "benchmarks": results,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_json(
+            args.json,
+            load_before=load_before,
+            load_after=load_average(),
+            benchmarks=results,
+            duration_s=round(time.monotonic() - started, 1),
+            fastapi_cache2=with_fc2,
+        )
     return 0
 
 

@@ -20,12 +20,8 @@ context only.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import (
+    ROOT,
+    checkout_env,
+    interrupt,
+    load_average,
+    paired_ratios,
+    reap,
+    say,
+    verdict,
+    write_json,
+)
+
 EXERCISE_ID = "10.1"
 EXERCISE_DIR = ROOT / "exercises" / "10.1-response-caching"
 SOLUTION_APP = "solutions.app"
@@ -93,10 +100,7 @@ def clean_env() -> dict[str, str]:
         sys.path.insert(0, str(ROOT))
     from grader._runner import CONTRACT_ENV
 
-    env = {k: v for k, v in os.environ.items() if k not in CONTRACT_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return checkout_env({k: v for k, v in os.environ.items() if k not in CONTRACT_ENV})
 
 
 def run_once(command: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path) -> float:
@@ -130,13 +134,8 @@ def run_once(command: Sequence[str], *, cwd: Path, env: dict[str, str], log: Pat
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    interrupt(process)
+    reap(process, time.monotonic() + 15)
 
 
 def _show(command: Sequence[str]) -> str:
@@ -162,7 +161,7 @@ def interleave(
                     variant.child_times.append(float(match.group(1)))
         tag = f"round {n - warmup + 1}/{rounds}" if timed else f"warm-up {n + 1}/{warmup}"
         cells = ", ".join(f"{v.label} {v.times[-1]:.2f} s" for v in variants if timed)
-        print(f"  {tag}" + (f": {cells}" if cells else ""), file=sys.stderr, flush=True)
+        say(f"  {tag}" + (f": {cells}" if cells else ""))
 
 
 def print_table(variants: Sequence[Variant], *, unit: str) -> None:
@@ -174,11 +173,6 @@ def print_table(variants: Sequence[Variant], *, unit: str) -> None:
     for v in variants:
         cells = [fmt.format(x * scale) for x in (v.median, v.best, max(v.times))]
         print(f"  {v.label:{width}}  " + "  ".join(cells))
-
-
-def paired_ratios(a: Variant, b: Variant) -> list[float]:
-    """a/b round by round: each pair ran back to back, so it saw about the same load."""
-    return [x / y for x, y in zip(a.times, b.times, strict=True)]
 
 
 def bench_grade(*, rounds: int, warmup: int, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -207,10 +201,10 @@ def bench_grade(*, rounds: int, warmup: int, cwd: Path, env: dict[str, str]) -> 
             "--tb=no",
         ],
     )
-    print(f"grade {EXERCISE_ID} --solution vs bare pytest", file=sys.stderr)
+    say(f"grade {EXERCISE_ID} --solution vs bare pytest")
     interleave([grade, pytest], rounds=rounds, warmup=warmup, cwd=cwd, env=env)
     ratio = grade.median / pytest.median
-    paired = paired_ratios(grade, pytest)
+    paired = paired_ratios(grade.times, pytest.times)
     print(f"\ngrade {EXERCISE_ID} --solution --no-report vs bare pytest (same suite, plugin, app)")
     print_table([grade, pytest], unit="s")
     print(f"  ratio of medians {ratio:.3f}, of mins {grade.best / pytest.best:.3f},")
@@ -235,8 +229,7 @@ def bench_grade(*, rounds: int, warmup: int, cwd: Path, env: dict[str, str]) -> 
         )
         result["grade_child_median_s"] = child
         result["grade_own_median_s"] = round(own, 3)
-    verdict = "met" if ratio <= GRADE_TARGET_RATIO else "NOT met"
-    print(f"  target ratio <= {GRADE_TARGET_RATIO}: {verdict}")
+    print(f"  target ratio <= {GRADE_TARGET_RATIO}: {verdict(ratio <= GRADE_TARGET_RATIO)}")
     result["summary"] = (
         f"grade {EXERCISE_ID} --solution vs bare pytest: {ratio:.2f}x"
         f" (median {grade.median:.2f} s vs {pytest.median:.2f} s, {rounds} rounds)"
@@ -248,15 +241,15 @@ def bench_cli(*, rounds: int, warmup: int, cwd: Path, env: dict[str, str]) -> di
     """grade --help versus an interpreter that does nothing: the CLI's own start-up cost."""
     grade = Variant("grade --help", [sys.executable, "-m", "grader.cli", "--help"])
     python = Variant("python -c pass", [sys.executable, "-c", "pass"])
-    print("grade --help vs python -c pass", file=sys.stderr)
+    say("grade --help vs python -c pass")
     interleave([grade, python], rounds=rounds, warmup=warmup, cwd=cwd, env=env)
     ratio = grade.median / python.median
     extra_ms = (grade.median - python.median) * 1000
     print("\ngrade --help vs python -c pass (CLI cold start)")
     print_table([grade, python], unit="ms")
     print(f"  grade --help costs {extra_ms:.0f} ms more than a bare interpreter ({ratio:.2f}x)")
-    verdict = "met" if grade.median < CLI_TARGET_SECONDS else "NOT met"
-    print(f"  target grade --help < {CLI_TARGET_SECONDS:g} s: {verdict}")
+    met = grade.median < CLI_TARGET_SECONDS
+    print(f"  target grade --help < {CLI_TARGET_SECONDS:g} s: {verdict(met)}")
     return {
         "rounds": rounds,
         "grade_help": grade.summary(),
@@ -264,18 +257,13 @@ def bench_cli(*, rounds: int, warmup: int, cwd: Path, env: dict[str, str]) -> di
         "ratio_median": round(ratio, 4),
         "extra_ms_median": round(extra_ms, 1),
         "target_s": CLI_TARGET_SECONDS,
-        "target_met": grade.median < CLI_TARGET_SECONDS,
+        "target_met": met,
         "summary": (
             f"grade --help vs python -c pass: {ratio:.2f}x, +{extra_ms:.0f} ms"
             f" (median {grade.median * 1000:.0f} ms vs {python.median * 1000:.0f} ms,"
             f" {rounds} rounds)"
         ),
     }
-
-
-def _load() -> list[float] | None:
-    """The 1/5/15-minute load averages: a noisy run shows up here, worth keeping in notes."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -302,7 +290,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     env = clean_env()
-    load_before = _load()
+    load_before = load_average()
     results: dict[str, Any] = {}
     # A scratch working folder: nothing the runs write (a `.grade/` folder, an app's files)
     # lands in the repo.
@@ -320,15 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for figures in results.values():
         print(figures["summary"])
     if args.json:
-        document = {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_before": load_before,
-            "load_avg_after": _load(),
-            "benchmarks": results,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_json(
+            args.json, load_before=load_before, load_after=load_average(), benchmarks=results
+        )
     return 0
 
 

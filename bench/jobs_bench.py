@@ -42,17 +42,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
-import platform
 import re
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,9 +60,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from _common import (
+    ROOT,
+    Child,
+    checkout_env,
+    environment,
+    exit_on_sigterm,
+    free_ports,
+    load_average,
+    paired_ratios,
+    percentile,
+    round_or_none,
+    say,
+    stop_all,
+    write_json,
+)
 from fastapi import Request
 
-ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 if str(ROOT) not in sys.path:  # run as a script: `solutions` and `grader` import from here
     sys.path.insert(0, str(ROOT))
@@ -82,7 +91,6 @@ HOLD_SUFFIX = "_hold"  # the queue name a round is filled under, before the hand
 # Per request: only catches a server that hangs; a healthy one answers in well under 1 s.
 REQUEST_TIMEOUT = 10.0
 STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 60.0  # seconds a round may take to finish its jobs before the run aborts
 EMAILS_TIMEOUT = 30.0  # seconds the enqueued welcome emails may take after the last POST
 WAKE_POLL = 0.001  # polling for the first job taken (a cheap count; workers are idle then)
@@ -99,16 +107,6 @@ EMAIL_SENT = "welcome email sent to="
 LOG_PROBLEM = re.compile(r"Traceback|\bERROR\b|job failed|could not enqueue")
 
 
-def _say(message: str) -> None:
-    """Progress goes to stderr, so stdout holds the results only."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def _load() -> list[float] | None:
-    """The 1/5/15-minute load averages: a noisy run shows up here, worth keeping in notes."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 class BenchError(RuntimeError):
     """Something that makes the figures meaningless: the run stops and says what."""
 
@@ -123,80 +121,35 @@ def base_env(**settings: str) -> dict[str, str]:
     """
     from grader._runner import CONTRACT_ENV
 
-    env = {name: value for name, value in os.environ.items() if name not in CONTRACT_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
+    env = checkout_env(
+        {name: value for name, value in os.environ.items() if name not in CONTRACT_ENV}
+    )
     env.update(settings)
     return env
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str], cwd: Path) -> Iterator[None]:
-    """Build the reference's `Settings()` with exactly `env` as os.environ, in `cwd`."""
-    saved, saved_cwd = dict(os.environ), Path.cwd()
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    try:
-        yield
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports, all held open while choosing so none repeats."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile: the smallest value with `fraction` of them at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def ratio_range(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """Lowest and highest per-round ratio a / b."""
-    ratios = [a / b for a, b in pairs]
-    return min(ratios), max(ratios)
 
 
 # --- processes ------------------------------------------------------------------------------
 
 
 @dataclass
-class Proc:
+class Proc(Child):
     """One process this script starts: a server or a worker, stopped by pid at the end."""
 
-    label: str
-    command: list[str]
     env: dict[str, str]
     ready_line: str | None = None  # a worker is ready once its log shows this
     port: int = 0  # a server's; 0 for a worker
-    log: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, cwd: Path) -> None:
-        """Start the process; output goes to a log file (no pipe to drain), shown on failure."""
-        self.log = cwd / f"{re.sub(r'[^a-z0-9]+', '-', self.label.lower()).strip('-')}.log"
+        """Start the process (a server on its port), logging to a file in `cwd`."""
         env = dict(self.env)
         if self.port:
             env.update(HOST="127.0.0.1", PORT=str(self.port))
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                self.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
-            )
+        log = cwd / f"{re.sub(r'[^a-z0-9]+', '-', self.label.lower()).strip('-')}.log"
+        self.launch(log=log, env=env, cwd=cwd)
 
     def check_alive(self) -> None:
         assert self.process is not None
@@ -223,43 +176,8 @@ class Proc:
             f"--- its log (tail) ---\n{self.log_tail()}"
         )
 
-    def log_text(self) -> str:
-        if self.log is None or not self.log.exists():
-            return ""
-        return self.log.read_text(errors="replace")
-
-    def log_tail(self) -> str:
-        return self.log_text()[-2000:]
-
     def log_problems(self) -> list[str]:
         return [line for line in self.log_text().splitlines() if LOG_PROBLEM.search(line)]
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the process (all its threads) so far, from /proc."""
-        if self.process is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)", comm may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def interrupt(self) -> None:
-        """SIGINT by pid: uvicorn's graceful stop; huey's consumers stop on it too."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGINT)
-
-    def reap(self, deadline: float) -> None:
-        """Wait for the process until `deadline` (time.monotonic()), then SIGKILL it by pid."""
-        if self.process is None:
-            return
-        try:
-            self.process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @contextlib.contextmanager
@@ -272,12 +190,7 @@ def running(procs: Sequence[Proc], cwd: Path) -> Iterator[None]:
             proc.wait_ready()
         yield
     finally:
-        # All interrupted first, then reaped: they shut down in parallel.
-        for proc in procs:
-            proc.interrupt()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in procs:
-            proc.reap(deadline)
+        stop_all(procs)
 
 
 # --- figure 1: the inline app ----------------------------------------------------------------
@@ -427,7 +340,7 @@ def bench_latency(*, posts: int, warmup: int, cwd: Path) -> dict[str, Any]:
     enqueued, inline = sides
     serial = itertools.count(1)
     batches = math.ceil(posts / POST_BATCH)
-    _say(
+    say(
         f"latency: {posts} POST /users per side in batches of {POST_BATCH}, interleaved,"
         f" EMAIL_LATENCY_MS={EMAIL_LATENCY_MS}"
     )
@@ -746,7 +659,7 @@ class QueueVariant:
             "steady_s": [round(d.steady_s, 4) for d in self.drains],
             # all N jobs, from the first one taken (includes a late worker's wake-up)
             "whole_drain_jobs_per_s": [round(self.jobs / d.whole_s, 1) for d in self.drains],
-            "median_worker_cpu_ms_per_job": None if cpu is None else round(cpu, 3),
+            "median_worker_cpu_ms_per_job": round_or_none(cpu, 3),
         }
 
 
@@ -958,7 +871,7 @@ def bench_throughput(
         order = [
             k for k in ("ref2", "ref1", "sqlite1", "redis1", "redis2", "sqlite2") if k in variants
         ]
-        _say(
+        say(
             f"throughput: {len(order)} queues, {rounds} rounds (+{warmup} warm-up),"
             f" {ref_jobs} jobs a round for the reference, {plain_jobs} for plain huey"
         )
@@ -966,7 +879,7 @@ def bench_throughput(
         with running(procs, cwd):
             for n in range(warmup + rounds):
                 timed = n >= warmup
-                _say(f"  round {n + 1 - warmup}/{rounds}" if timed else "  warm-up round")
+                say(f"  round {n + 1 - warmup}/{rounds}" if timed else "  warm-up round")
                 for key in order if n % 2 == 0 else order[::-1]:
                     drain = variants[key].run_round()
                     if timed:
@@ -992,7 +905,8 @@ def report_throughput(
 
     def versus(a: str, b: str) -> dict[str, Any]:
         """Variant a against b: ratio of median jobs/s, and the per-round range."""
-        low, high = ratio_range(list(zip(v[a].rates, v[b].rates, strict=True)))
+        ratios = paired_ratios(v[a].rates, v[b].rates)
+        low, high = min(ratios), max(ratios)
         return {
             "ratio_median": round(v[a].median_rate / v[b].median_rate, 3),
             "round_by_round": [round(low, 3), round(high, 3)],
@@ -1126,12 +1040,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (`timeout`, a CI runner) would end Python without running `finally` blocks,
-    leaving the servers and workers behind: turn it into an exit that unwinds and stops them."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_inline:
@@ -1140,14 +1048,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plain_worker:
         run_plain_worker(*args.plain_worker)
         return 0
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     redis_url: str | None = args.redis_url
     if args.only != "latency":
         problem = redis_problem(args.redis_url)
         if problem:
-            _say(f"{problem}: the Redis figures are skipped")
+            say(f"{problem}: the Redis figures are skipped")
             redis_url = None
-    load_before = _load()
+    load_before = load_average()
     started = time.monotonic()
     results: dict[str, Any] = {}
     # A scratch folder: logs and SQLite files go there, and no `.env` is read from the repo.
@@ -1173,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in results:
             print(results[name]["summary"])
     duration = time.monotonic() - started
-    load_after = _load()
+    load_after = load_average()
     if load_before and load_after:
         # Before is other work alone; after includes this run's own processes.
         cpus = os.cpu_count() or 1
@@ -1183,25 +1091,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" the end, on {cpus} CPUs"
             + (": other work shared the CPUs, read the figures with care" if busy else "")
         )
-    _say(f"done in {duration:.0f} s")
+    say(f"done in {duration:.0f} s")
     if args.json:
-        document = {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_avg_before": load_before,
-            "load_avg_after": load_after,
-            "duration_s": round(duration, 1),
-            "settings": {
+        write_json(
+            args.json,
+            load_before=load_before,
+            load_after=load_after,
+            benchmarks=results,
+            duration_s=round(duration, 1),
+            settings={
                 "posts": args.posts,
                 "rounds": args.rounds,
                 "warmup": args.warmup,
                 "ref_jobs": args.ref_jobs,
                 "plain_jobs": args.plain_jobs,
             },
-            "benchmarks": results,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        )
     return 0
 
 
