@@ -40,11 +40,11 @@ def checklist(result: GradeResult, *, report_path: Path | None = None) -> Group:
                 (1, 0, 0, 2),
             )
         )
+    id_width = max((len(c.id) for c in result.criteria), default=0)  # one column for both
     for kind, heading in (("required", "Required"), ("stretch", "Stretch goals (bonus)")):
         rows = [c for c in result.criteria if c.kind == kind]
         if rows:
             parts.append(Text(f"\n{heading}", style="bold underline"))
-            id_width = max(len(c.id) for c in result.criteria)
             parts.append(_criteria_table(rows, id_width, show_details=not result.app_error))
     parts.append(_summary(result, report_path))
     return Group(*parts)

@@ -51,13 +51,19 @@ def welcome_job(api: Api, user: dict[str, Any], timeout: float = 3) -> Job:
     return found[0]
 
 
-def wait_finished(api: Api, job: Job, timeout: float) -> Job:
-    """The job's record once it is finished (or as it stands when `timeout` runs out)."""
+def wait_status(api: Api, job: Job, statuses: tuple[str, ...], timeout: float) -> Job:
+    """The job's record once its status is one of `statuses` (or as it stands when
+    `timeout` runs out)."""
     return eventually(
         lambda: get_job(api, job["id"]),
-        until=lambda j: j.get("status") in FINISHED,
+        until=lambda j: j.get("status") in statuses,
         timeout=timeout,
     )
+
+
+def wait_finished(api: Api, job: Job, timeout: float) -> Job:
+    """The job's record once it is finished (or as it stands when `timeout` runs out)."""
+    return wait_status(api, job, FINISHED, timeout)
 
 
 def enqueue(api: Api, name: str, args: dict[str, Any], **options: Any) -> Job:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from jobcheck import enqueue, get_job, parse_time, wait_finished, welcome_job
+from jobcheck import enqueue, get_job, parse_time, wait_finished, wait_status, welcome_job
 
 from grader.testing import eventually, fail
-
-
-def wait_status(api, job: dict, status: str, timeout: float) -> dict:
-    return eventually(
-        lambda: get_job(api, job["id"]), until=lambda j: j.get("status") == status, timeout=timeout
-    )
-
 
 # --- priorities -------------------------------------------------------------------------
 
@@ -23,7 +16,7 @@ def wait_status(api, job: dict, status: str, timeout: float) -> dict:
 def test_a_high_priority_job_starts_before_normal_ones_queued_earlier(jobs_app) -> None:
     api = jobs_app(JOBS_WORKERS=1)
     blocker = enqueue(api, "sleep", {"seconds": 1.0})
-    if wait_status(api, blocker, "running", timeout=5).get("status") != "running":
+    if wait_status(api, blocker, ("running",), timeout=5).get("status") != "running":
         fail(
             "POST /jobs/api/jobs (sleep 1 s), with JOBS_WORKERS=1",
             expected="the job running within 5 s, keeping the only worker busy",
@@ -76,7 +69,7 @@ def test_statuses_follow_the_job_through_its_life(jobs_app) -> None:
     job = enqueue(api, "sleep", {"seconds": 1.5})
     if job.get("status") not in ("queued", "running"):
         fail("POST /jobs/api/jobs (sleep)", expected="queued", observed=str(job.get("status")))
-    running = wait_status(api, job, "running", timeout=5)
+    running = wait_status(api, job, ("running",), timeout=5)
     if running.get("status") != "running" or not running.get("started_at"):
         fail(
             f"GET /jobs/api/jobs/{job['id']} while the 1.5 s job runs",
