@@ -5,6 +5,9 @@ It gives the graded suites their vocabulary and keeps the learner's app at arm's
 - the `make_api` / `api` fixtures, which import the app package named by `--grader-app`,
   build an app with `create_app()` under the environment a check asks for, and drive it
   through an `AppClient` that never hangs;
+- the `launch_app` fixture, which runs the app as a real server process instead
+  (`python -m <package>`, for checks that need signals and exit codes) and kills its whole
+  process group when the check ends;
 - a learner-facing message for every failed or skipped test, attached to the JSON report
   (pytest-json-report metadata) and streamed to a progress file, so that a run the
   parent had to kill still tells which checks finished.
@@ -26,6 +29,7 @@ import pytest
 
 from ._client import AppClient
 from ._errors import AppProblem
+from ._process import AppProcess
 from ._services import redis_server, shared_redis
 from .testing import Api
 
@@ -307,3 +311,44 @@ def app_output(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixtu
 def api(make_api: Callable[..., Api]) -> Api:
     """An app built with the default settings."""
     return make_api()
+
+
+@pytest.fixture
+def launch_app(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., AppProcess]]:
+    """`launch_app(STORE_LATENCY_MS=3000)`: the app under test as a server process
+    (`python -m <package>` on a free loopback port), started with those settings as
+    environment variables and ready (`GET /health` answered 200).
+
+    ADMIN_TOKEN defaults to the grader's; values go through str(), booleans as
+    "true"/"false". `port=` reuses a port (a restart), `start=False` returns the process
+    unstarted, `ready_timeout=` bounds the wait for /health. All processes of a check share
+    its tmp_path as working folder, so a restart finds the same files (jobs.sqlite3).
+    Every process started here is killed, with its whole process group, at teardown,
+    whether the check passed or not.
+    """
+    package = request.config.stash[_STATE].app_package
+    launched: list[AppProcess] = []
+
+    def launch(
+        *,
+        port: int | None = None,
+        start: bool = True,
+        ready_timeout: float = 30.0,
+        **settings: object,
+    ) -> AppProcess:
+        settings.setdefault("ADMIN_TOKEN", ADMIN_TOKEN)
+        env = {
+            name: ("true" if value else "false") if isinstance(value, bool) else str(value)
+            for name, value in settings.items()
+        }
+        app = AppProcess(package, cwd=tmp_path, env=env, port=port)
+        launched.append(app)
+        return app.start(ready_timeout=ready_timeout) if start else app
+
+    try:
+        yield launch
+    finally:
+        for app in launched:
+            app.kill()  # never raises, so every one is reached
