@@ -75,7 +75,7 @@ MUTANTS_10_1 = [
     ),
     mutant(
         "10.1", "request-no-cache-ignored", "cache.py",
-        "if self.no_cache or self.no_store:", "if self.no_store:",
+        "return self.no_cache or self.no_store", "return self.no_store",
         "cache-control",
     ),
     mutant(
@@ -140,7 +140,7 @@ STRETCH_MUTANTS_10_1 = [
     ),
     mutant(
         "10.1", "no-single-flight", "cache.py",
-        "if flight is not None and not control.wants_the_store:", "if False:",
+        "if (flight := self._joinable_flight(key, policy)) is not None:", "if False:",
         "stampede",
     ),
 ]  # fmt: skip

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache_backends import CacheBackend, CachedResponse
@@ -67,19 +70,24 @@ class CachePolicy:
     partition: str = ""
 
     def cache_control(self, max_age: float) -> bytes:
-        # A per-user response must not be kept by a shared cache (a proxy, a CDN) that
-        # would hand it to the next user; only the user's own browser may keep it.
-        visibility = "private" if self.partition else "public"
-        return f"{visibility}, max-age={max(0, math.ceil(max_age))}".encode()
+        return _cache_control(bool(self.partition), max(0, math.ceil(max_age)))
+
+
+@functools.lru_cache(maxsize=1024)  # few distinct values: seconds left of a few TTLs
+def _cache_control(private: bool, max_age: int) -> bytes:
+    # A per-user response must not be kept by a shared cache (a proxy, a CDN) that would
+    # hand it to the next user; only the user's own browser may keep it.
+    return f"{'private' if private else 'public'}, max-age={max_age}".encode()
 
 
 @dataclass
 class CacheStats:
     """Lookups by this app instance since it started, for `GET /admin/cache/stats`.
 
-    They are also in `cache_lookups_total` on /metrics, but a Prometheus counter is meant
-    to be scraped, not read back by the app. A bypass (the request's Cache-Control refused
-    a cached copy) is neither a hit nor a miss, so it does not move the hit ratio.
+    Counted once, here: `/metrics` shows them as `cache_lookups_total{result}` through
+    `LookupCollector`, which reads them when Prometheus scrapes. A bypass (the request's
+    Cache-Control refused any cached copy, or one as old as the entry found) is neither a
+    hit nor a miss, so it does not move the hit ratio.
     """
 
     hits: int = 0
@@ -98,6 +106,29 @@ class CacheStats:
     def hit_ratio(self) -> float:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
+
+
+class LookupCollector(Collector):
+    """`cache_lookups_total{result="hit|miss|bypass"}` on /metrics, read from `CacheStats`.
+
+    A custom collector rather than a `Counter` the middleware increments: the counts are
+    already kept in `CacheStats`, and a `Counter.inc()` per request (a lock and a lookup)
+    would cost every request what a scrape every few seconds can do instead.
+    """
+
+    def __init__(self, stats: CacheStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "cache_lookups",
+            "Response cache lookups by result (hit, miss, bypass)",
+            labels=["result"],
+        )
+        family.add_metric(["hit"], self.stats.hits)
+        family.add_metric(["miss"], self.stats.misses)
+        family.add_metric(["bypass"], self.stats.bypasses)
+        yield family
 
 
 @dataclass(frozen=True)
@@ -122,27 +153,31 @@ class RequestCacheControl:
             max_age=float(max_age) if max_age and max_age.isdigit() else None,
         )
 
-    def accepts(self, entry: CachedResponse, now: float) -> bool:
-        if self.no_cache or self.no_store:
-            return False
-        return self.max_age is None or entry.age(now) <= self.max_age
-
     @property
     def wants_the_store(self) -> bool:
-        """The client wants an answer from the store itself, not one being built already."""
+        """No cached copy may answer: not one stored, nor one another request is fetching."""
         return self.no_cache or self.no_store
 
+    def accepts(self, entry: CachedResponse, now: float) -> bool:
+        """Whether a request that may be answered from the cache takes this copy."""
+        return self.max_age is None or entry.age(now) <= self.max_age
 
-def _new_future() -> asyncio.Future[CachedResponse | None]:
-    return asyncio.get_running_loop().create_future()
+
+# Clients send a handful of distinct Cache-Control values ("no-cache", "max-age=0", ...):
+# each is parsed once. The result is immutable, so sharing it is safe.
+_parse_cache_control = functools.lru_cache(maxsize=256)(RequestCacheControl.parse)
 
 
-@dataclass
 class _Flight:
     """A miss of one key on its way to the store, which later misses of the key can join."""
 
-    versions: tuple[int, ...]  # of its tags when it started (see _invalidation_versions)
-    response: asyncio.Future[CachedResponse | None] = field(default_factory=_new_future)
+    __slots__ = ("response", "versions")  # one per miss: kept lean
+
+    def __init__(self, versions: tuple[int, ...]) -> None:
+        self.versions = versions  # of its tags when it started (see _invalidation_versions)
+        self.response: asyncio.Future[CachedResponse | None] = (
+            asyncio.get_running_loop().create_future()
+        )
 
 
 class ResponseCacheMiddleware:
@@ -169,12 +204,9 @@ class ResponseCacheMiddleware:
         self.sessions = sessions
         self.list_ttl = list_ttl
         self.item_ttl = item_ttl
-        self.lookups = Counter(
-            "cache_lookups",
-            "Response cache lookups by result (hit, miss, bypass)",
-            ["result"],
-            registry=registry,
-        )
+        registry.register(LookupCollector(stats))
+        # Policies are immutable and user ids come back: one policy per id, made once.
+        self._item_policy = functools.lru_cache(maxsize=4096)(self._make_item_policy)
         self._flights: dict[str, _Flight] = {}
         # How often each tag was invalidated by this process: a fetch compares the counts
         # of its tags before and after, to tell whether a mutation happened meanwhile.
@@ -198,10 +230,13 @@ class ResponseCacheMiddleware:
         if _LIST_PATH.match(path):
             return CachePolicy(self.list_ttl, (LIST_TAG,), "/users")
         if match := _ITEM_PATH.match(path):
-            return CachePolicy(self.item_ttl, (item_tag(match["user_id"]),), "/users/{user_id}")
+            return self._item_policy(match["user_id"])
         if path == _ME_PATH:
             return await self._me_policy(scope)
         return None
+
+    def _make_item_policy(self, user_id: str) -> CachePolicy:
+        return CachePolicy(self.item_ttl, (item_tag(user_id),), "/users/{user_id}")
 
     async def _me_policy(self, scope: Scope) -> CachePolicy | None:
         """`GET /auth/me` is cached per user, and only for a token that is valid now.
@@ -222,14 +257,20 @@ class ResponseCacheMiddleware:
 
     async def _get(self, scope: Scope, receive: Receive, send: Send, policy: CachePolicy) -> None:
         key = _cache_key(scope, policy.partition)
-        control = RequestCacheControl.parse(_header(scope, b"cache-control"))
+        control = _parse_cache_control(_header(scope, b"cache-control"))
+        if control.wants_the_store:
+            # No cached copy may answer, so none is looked up: a lookup costs a decode here
+            # and a round trip with Redis, on a request that is going to the store anyway.
+            self._count("bypass")
+            store = not control.no_store
+            await self._fetch(scope, receive, send, key=key, policy=policy, store=store)
+            return
         entry = await self.cache.get(key)
         if entry is not None and control.accepts(entry, self.cache.clock()):
             self._count("hit")
             await self._send_hit(scope, send, entry, policy)
             return
-        flight = self._joinable_flight(key, policy)
-        if flight is not None and not control.wants_the_store:
+        if (flight := self._joinable_flight(key, policy)) is not None:
             # Stampede prevention: the store is already being asked for this key; wait for
             # that answer. shield(): if this request is cancelled (its client went away),
             # only its own wait ends, not the flight every other request waits for.
@@ -238,8 +279,9 @@ class ResponseCacheMiddleware:
                 self._count("hit")  # it did not reach the store
                 await self._send_hit(scope, send, shared, policy)
                 return
+        # An entry older than the request's max-age is refused, like a no-cache: a bypass.
         self._count("bypass" if entry is not None else "miss")
-        await self._fetch(scope, receive, send, key=key, policy=policy, store=not control.no_store)
+        await self._fetch(scope, receive, send, key=key, policy=policy, store=True)
 
     async def _fetch(
         self,
@@ -279,7 +321,8 @@ class ResponseCacheMiddleware:
                     flight.response.set_result(None)  # not cacheable: followers fetch
                 if self._flights.get(key) is flight:
                     del self._flights[key]
-        await send({**start, "headers": headers})
+        start["headers"] = headers  # the message is ours: _capture built it
+        await send(start)
         await send({"type": "http.response.body", "body": body})
 
     async def _send_hit(
@@ -330,7 +373,6 @@ class ResponseCacheMiddleware:
         return flight
 
     def _count(self, result: LookupResult) -> None:
-        self.lookups.labels(result).inc()
         self.stats.record(result)
 
 

@@ -191,6 +191,13 @@ async def test_memory_cache_expires_evicts_least_recently_used_and_invalidates_b
     assert await cache.get("d") is None  # expired at exactly its TTL
 
 
+def test_an_entry_reads_like_the_http_response_it_is() -> None:
+    stored = entry(body=b'{"id": 1}')
+    blob = encode_entry(stored, compression_min_bytes=1024)
+    assert blob.startswith(b"r200 ") and blob.endswith(b"\r\n\r\n" + b'{"id": 1}')
+    assert decode_entry(blob) == stored
+
+
 def test_entries_at_the_threshold_are_compressed_and_read_back_identical() -> None:
     body = b'{"name": "Ada Lovelace", "email": "ada@example.com"}' * 40
     small, large = entry(body=body[:99]), entry(body=body)
@@ -206,7 +213,18 @@ def test_a_body_that_does_not_shrink_is_stored_as_is() -> None:
     assert not is_compressed(blob) and decode_entry(blob).body == noise
 
 
-@pytest.mark.parametrize("blob", [b"", b"x{}\n", b'r{"status": 200}', b"z{}\nnot zlib"])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"x200 1.0 60.0\r\n\r\n{}",  # unknown flag
+        b'r{"status": 200}',  # no head
+        b"r200 1.0\r\n\r\n{}",  # a field missing
+        b"r200 1.0 sixty\r\n\r\n{}",  # not a number
+        b"r200 1.0 60.0\r\ncontent-type application/json\r\n\r\n{}",  # not a header
+        b"z200 1.0 60.0\r\n\r\nnot zlib",
+    ],
+)
 def test_anything_but_an_encoded_entry_is_rejected(blob: bytes) -> None:
     with pytest.raises(ValueError):
         decode_entry(blob)
