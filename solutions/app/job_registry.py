@@ -15,6 +15,14 @@ file (a standalone worker). So:
   job, SQLite runs the two updates one after the other and exactly one of them matches;
 - the few read-then-write steps (the alert window) run in ``BEGIN IMMEDIATE``
   transactions, which take the write lock before reading.
+
+A process that dies (``kill -9``, a crash, the OOM killer) leaves the jobs it was running
+recorded as ``running`` forever, unless someone notices (exercise 10.3, chaos). So every
+worker keeps a heartbeat in ``job_worker`` and stamps the jobs it starts with its id; a
+running job whose worker has not beaten for a lease is failed by whichever worker notices
+first (``fail_orphaned_jobs``). A heartbeat rather than "is that pid alive?": processes in
+containers have pids of their own namespace (the app is pid 1 in every container), so a pid
+says nothing about a process that ran in another container or before a restart.
 """
 
 import json
@@ -48,13 +56,18 @@ CREATE TABLE IF NOT EXISTS job_record (
     finished_at TEXT,
     error TEXT,
     batch_id TEXT,
-    dead_letter INTEGER NOT NULL DEFAULT 0  -- 1: failed for good, waiting for a requeue
+    dead_letter INTEGER NOT NULL DEFAULT 0, -- 1: failed for good, waiting for a requeue
+    worker TEXT                             -- the worker running (or that last ran) it
 );
 CREATE INDEX IF NOT EXISTS job_record_name ON job_record (name, seq);
 CREATE INDEX IF NOT EXISTS job_record_batch ON job_record (batch_id)
     WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS job_record_dead_letter ON job_record (seq) WHERE dead_letter = 1;
 CREATE TABLE IF NOT EXISTS job_failure (at REAL NOT NULL);  -- failed attempts, for alerts
+CREATE TABLE IF NOT EXISTS job_worker (     -- live workers' heartbeats
+    id TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL                 -- Unix time of the last heartbeat
+);
 CREATE TABLE IF NOT EXISTS job_alert (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     raised_at TEXT NOT NULL,
@@ -64,6 +77,12 @@ CREATE TABLE IF NOT EXISTS job_alert (
     message TEXT NOT NULL
 );
 """
+
+# Created after the migration in JobRegistry.__init__: files made before exercise 10.3 have
+# no worker column until then.
+_RUNNING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS job_record_running ON job_record (worker) WHERE status = 'running'"
+)
 
 _COLUMNS = (
     "id, name, args, status, attempts, priority, created_at, run_at, started_at, "
@@ -155,6 +174,10 @@ class JobRegistry:
         self._path = path
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(job_record)")}
+            if "worker" not in columns:  # a queue file from before exercise 10.3
+                conn.execute("ALTER TABLE job_record ADD COLUMN worker TEXT")
+            conn.execute(_RUNNING_INDEX)
 
     # --- connections ------------------------------------------------------------------
 
@@ -210,17 +233,19 @@ class JobRegistry:
         with self._connect() as conn:
             conn.execute("DELETE FROM job_record WHERE id = ?", (job_id,))
 
-    def start_attempt(self, job_id: str, at: datetime) -> bool:
+    def start_attempt(self, job_id: str, at: datetime, *, worker: str | None = None) -> bool:
         """``queued`` -> ``running``, one more attempt; ``False`` if the job is not queued.
 
         Called by the worker right before it runs the job. ``False`` means a cancel got
-        there first (or the job is unknown): the worker must not run it.
+        there first (or the job is unknown): the worker must not run it. ``worker`` is the
+        id under which that worker beats (``heartbeat``).
         """
         with self._connect() as conn:
             changed = conn.execute(
                 "UPDATE job_record SET status = 'running', attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, ?) WHERE id = ? AND status = 'queued'",
-                (_text(at), job_id),
+                "started_at = COALESCE(started_at, ?), worker = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (_text(at), worker, job_id),
             ).rowcount
         return changed == 1
 
@@ -280,6 +305,50 @@ class JobRegistry:
         """Undo ``take_from_dead_letter`` when the requeue itself failed."""
         with self._connect() as conn:
             conn.execute("UPDATE job_record SET dead_letter = 1 WHERE id = ?", (job_id,))
+
+    # --- workers' heartbeats, and the jobs of dead workers -------------------------------
+
+    def heartbeat(self, worker: str, at: datetime) -> None:
+        """Record that ``worker`` is alive now."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO job_worker (id, last_seen) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                (worker, at.timestamp()),
+            )
+
+    def forget_worker(self, worker: str) -> None:
+        """A worker that stopped cleanly: no job of its can be running any more."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM job_worker WHERE id = ?", (worker,))
+
+    def fail_orphaned_jobs(self, at: datetime, *, lease_seconds: float) -> list[JobRecord]:
+        """Fail the running jobs whose worker has not beaten for ``lease_seconds``.
+
+        Such a job's process died mid-job. Whether the job did its work is unknown, so, as
+        for a job interrupted by a shutdown (``JobQueue._on_interrupted``), it is not rerun
+        blindly: it fails into the dead-letter queue, where someone can requeue it. Returns
+        the jobs failed here.
+        """
+        stale_before = at.timestamp() - lease_seconds
+        orphaned = (
+            "status = 'running' AND (worker IS NULL OR worker NOT IN "
+            "(SELECT id FROM job_worker WHERE last_seen > ?))"
+        )
+        with self._transaction() as conn:  # the write lock first: nobody starts a job meanwhile
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM job_record WHERE {orphaned}", (stale_before,)
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE job_record SET status = 'failed', dead_letter = 1, finished_at = ?, "
+                    "error = 'interrupted: its worker ' || COALESCE(worker, '?') || "
+                    f"' died while it ran (no heartbeat for {lease_seconds:g} s)' "
+                    f"WHERE {orphaned}",
+                    (_text(at), stale_before),
+                )
+            conn.execute("DELETE FROM job_worker WHERE last_seen <= ?", (stale_before,))
+        return [_record(row) for row in rows]
 
     # --- reading records ----------------------------------------------------------------
 

@@ -16,10 +16,17 @@ Two more adjustments to huey's defaults, both about time resolution:
 - huey's periodic tasks are crontabs, checked once a minute: too coarse for "every
   CLEANUP_INTERVAL_SECONDS", which may be 1. ``RecurringJob`` enqueues a job every
   interval instead, from the same scheduler thread, so it runs wherever a worker runs.
+
+And one addition for exercise 10.3 (chaos): every worker keeps a lease (``WorkerLease``), a
+heartbeat in the job registry, and fails the running jobs of workers whose heartbeat
+stopped, i.e. of processes that died mid-job.
 """
 
 import logging
 import os
+import socket
+import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -41,6 +48,63 @@ logger = logging.getLogger(__name__)
 WORKER_FIRST_POLL_SECONDS = 0.05
 WORKER_MAX_POLL_SECONDS = 0.25
 SCHEDULER_POLL_SECONDS = 0.25
+# A worker beats every second; one silent for ten is taken for dead. Ten, not two: a false
+# "dead" fails a job that is in fact running, which is worse than noticing a crash late.
+HEARTBEAT_SECONDS = 1.0
+LEASE_SECONDS = 10.0
+
+
+class WorkerLease:
+    """This worker's heartbeat, and the recovery of the jobs of workers that have none.
+
+    A thread of its own, not the scheduler's: the scheduler stops with the workers' stop
+    flag, which is set as soon as a shutdown starts, while the jobs in hand run on for up
+    to the shutdown timeout; their worker must go on beating until they are done.
+    """
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.registry = queue.registry
+        # Readable in the records (host and pid), unique even where pids repeat
+        # (containers), thanks to the random part.
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-worker-lease", daemon=True)
+
+    def start(self) -> None:
+        """Beat once (before any job starts under this id), recover, then keep beating."""
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self.registry.forget_worker(self.worker_id)
+        except Exception:
+            logger.exception("could not remove the heartbeat of worker %s", self.worker_id)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(HEARTBEAT_SECONDS):
+            self._beat()
+
+    def _beat(self) -> None:
+        now = utcnow()
+        try:
+            self.registry.heartbeat(self.worker_id, now)
+            orphans = self.registry.fail_orphaned_jobs(now, lease_seconds=LEASE_SECONDS)
+        except Exception:
+            # Logged, not raised: the next beat tries again, and a lost beat or two is
+            # what the lease is for.
+            logger.exception("worker heartbeat failed")
+            return
+        for job in orphans:
+            logger.warning(
+                "job failed id=%s name=%s error=%r",
+                job.id,
+                job.name,
+                "interrupted: the process running it died",
+            )
 
 
 class RecurringJob:
@@ -109,6 +173,8 @@ class JobConsumer(Consumer):
         self._recurring = [
             RecurringJob(queue, "purge_deleted_users", settings.cleanup_interval_seconds)
         ]
+        self.lease = WorkerLease(queue)
+        queue.worker_id = self.lease.worker_id
         super().__init__(
             queue.huey,
             workers=settings.jobs_workers,
@@ -124,6 +190,17 @@ class JobConsumer(Consumer):
         # huey's documented extension point for a custom scheduler.
         return JobScheduler(self.huey, self.stop_flag, recurring=self._recurring)
 
+    def start(self) -> None:
+        self.lease.start()  # first: a job must never run under an id that has no heartbeat
+        super().start()
+
+    def stop(self, graceful: bool = False) -> None:
+        """huey's stop, then: record the jobs still running as interrupted, end the lease."""
+        super().stop(graceful=graceful)
+        # Idempotent (huey's run() calls it again): each job is reported once.
+        self.huey.notify_interrupted_tasks()
+        self.lease.stop()
+
 
 class EmbeddedJobConsumer(JobConsumer):
     """A consumer that runs inside another program: threads only, no signal handlers."""
@@ -135,22 +212,57 @@ class EmbeddedJobConsumer(JobConsumer):
         # lifespan may run in another one, as under TestClient.)
         pass
 
-    def stop_gracefully(self) -> None:
-        """Stop taking jobs; wait up to JOBS_SHUTDOWN_TIMEOUT_SECONDS for running ones.
+    def stop_taking_jobs(self) -> None:
+        """Let each worker thread finish the job in hand, and take no other.
+
+        Called when a shutdown starts (exercise 10.3): the jobs still queued stay in the
+        queue, on disk, for the next start, instead of being started now only to be cut
+        off by the shutdown timeout. Returns at once; ``stop_gracefully`` waits.
+        """
+        self.stop_flag.set()
+
+    def stop_gracefully(self, timeout: float) -> None:
+        """Stop taking jobs; wait up to ``timeout`` seconds for the running ones.
 
         A job still running then is recorded as interrupted. Its thread is a daemon: it
         goes on until the process exits, which never waits for it.
         """
+        self.shutdown_timeout = timeout  # read by huey's stop(), when it joins the workers
         self.stop(graceful=True)
-        self.huey.notify_interrupted_tasks()
+
+
+class InProcessWorker:
+    """The app's running worker (JOBS_WORKER=inprocess), as the lifespan drives it."""
+
+    def __init__(self, consumer: EmbeddedJobConsumer) -> None:
+        self._consumer = consumer
+        self._stopped = False
+
+    def stop_taking_jobs(self) -> None:
+        self._consumer.stop_taking_jobs()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop, waiting up to ``timeout`` seconds for running jobs; once only."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # In a thread, so that this event loop stays free: a job finishing meanwhile may be
+        # waiting for it, through the portal.
+        await anyio.to_thread.run_sync(self._consumer.stop_gracefully, timeout)
+        logger.info("jobs worker stopped")
 
 
 @asynccontextmanager
-async def job_worker(queue: JobQueue) -> AsyncIterator[None]:
-    """Run the app's worker for the duration of the block, if JOBS_WORKER=inprocess."""
+async def job_worker(queue: JobQueue) -> AsyncIterator[InProcessWorker | None]:
+    """Run the app's worker for the duration of the block, if JOBS_WORKER=inprocess.
+
+    Yields the running worker (``None`` with JOBS_WORKER=none), which the lifespan stops
+    itself within the shutdown's time budget; if it has not, leaving the block stops it,
+    waiting up to JOBS_SHUTDOWN_TIMEOUT_SECONDS.
+    """
     if queue.settings.jobs_worker != "inprocess":
         logger.info("jobs worker off (JOBS_WORKER=none): jobs wait for a worker process")
-        yield
+        yield None
         return
     # The portal lets the worker threads run store calls on this event loop.
     async with BlockingPortal() as portal:
@@ -162,14 +274,15 @@ async def job_worker(queue: JobQueue) -> AsyncIterator[None]:
             queue.settings.jobs_workers,
             queue.settings.jobs_db_path,
         )
+        worker = InProcessWorker(consumer)
         try:
-            yield
+            yield worker
         finally:
-            # In a thread, so that this event loop stays free: a job finishing meanwhile
-            # may be waiting for it, through the portal.
-            await anyio.to_thread.run_sync(consumer.stop_gracefully)
+            await worker.stop(queue.settings.jobs_shutdown_timeout_seconds)
             queue.services.portal = None
-            logger.info("jobs worker stopped")
+            # A job thread left running past the timeout may be waiting on a store call:
+            # cancel it rather than wait for it, which would stretch the shutdown again.
+            await portal.stop(cancel_remaining=True)
 
 
 def run_standalone_worker(settings: Settings) -> None:

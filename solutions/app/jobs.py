@@ -195,6 +195,9 @@ class JobQueue:
         # After huey: its storage created the file and switched it to WAL, which lets
         # readers (the dashboard) read while a worker writes.
         self.registry = JobRegistry(settings.jobs_db_path)
+        # The id under which this queue's worker beats (job_worker.WorkerLease); the jobs
+        # it starts carry it, so that they can be failed if the process dies mid-job.
+        self.worker_id: str | None = None
         self._tasks = {name: self._register(name, job) for name, job in JOBS.items()}
         self.huey.pre_execute(name="start_attempt")(self._start_attempt)
         self.huey.signal(huey_signals.SIGNAL_ERROR)(self._on_error)
@@ -318,7 +321,7 @@ class JobQueue:
     def _start_attempt(self, task: Task) -> None:
         # A pre-execute hook: runs right before the job, and may refuse it. This is where a
         # cancel that raced with the worker is caught (see JobRegistry.start_attempt).
-        if not self.registry.start_attempt(task.id, utcnow()):
+        if not self.registry.start_attempt(task.id, utcnow(), worker=self.worker_id):
             raise CancelExecution(retry=False)
         logger.info("job started id=%s name=%s", task.id, task.name)
 

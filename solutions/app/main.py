@@ -1,9 +1,10 @@
 """The application factory: ``create_app()`` builds one fully wired FastAPI app."""
 
+import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -11,35 +12,36 @@ from fastapi.responses import JSONResponse
 from .cache import CacheStats, ResponseCacheMiddleware, warm_cache
 from .cache_backends import CacheBackend, MemoryCache
 from .cache_redis import RedisCache
+from .instances import InstanceRegistry, LocalInstanceRegistry, RedisInstanceRegistry
 from .job_worker import job_worker
 from .jobs import JobQueue, build_job_queue
+from .logs import LOG_FORMAT, configure_logging
 from .metrics import Metrics, RequestMetricsMiddleware
+from .notifications import WebhookNotifier
 from .routers import admin, auth, cache_admin, health, jobs, users
 from .seed import seed_demo_users
 from .sessions import SessionStore
 from .settings import DEFAULT_ADMIN_TOKEN, Settings
+from .shutdown import ShutdownCoordinator, ShutdownMiddleware
 from .store import UserStore
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+__all__ = ["LOG_FORMAT", "configure_logging", "create_app", "lifespan"]
 
 logger = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
-    """Print log records to stdout, one line each, at ``level`` for this package.
-
-    ``basicConfig`` does nothing once the root logger has a handler, so calling this for
-    every app adds no duplicate handlers, and a host that configured logging itself
-    (pytest, a log shipper) keeps its setup. Uvicorn configures only its own loggers.
-    """
-    logging.basicConfig(stream=sys.stdout, format=LOG_FORMAT)
-    logging.getLogger(__package__).setLevel(level)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Work done once when the server starts (before ``yield``) and once when it stops."""
+    """Work done once when the server starts (before ``yield``) and once when it stops.
+
+    The shutdown half runs phases 2 to 4 of the shutdown (``shutdown.py``), in the order
+    that lets each step use what a later one closes: the requests are drained (uvicorn did
+    that before it got here), then the job worker stops, whose jobs use the store and the
+    queue, then those close. Phase 1 ran when the signal arrived; with no signal (a test
+    client closing) it runs here, and the clock starts now.
+    """
     settings: Settings = app.state.settings
+    shutdown: ShutdownCoordinator = app.state.shutdown
     logger.info(
         "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s "
         "cache_backend=%s jobs_worker=%s",
@@ -60,15 +62,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Last, so that the warm entries see the seeded users; before the yield, so that
         # the server takes no request until they are in.
         await warm_cache(app, cache, settings.warm_paths)
+    instances: InstanceRegistry = app.state.instances
+    await instances.start()
     job_queue: JobQueue = app.state.jobs
     # The worker (JOBS_WORKER=inprocess) starts last, once the app is ready, and stops
     # first, while everything its jobs use is still there.
-    async with job_worker(job_queue):
+    async with job_worker(job_queue) as worker:
+        if worker is not None:
+            shutdown.on_begin(lambda reason: worker.stop_taking_jobs())
         yield
+
+        if shutdown.begin("lifespan"):
+            await shutdown.run_pre_shutdown(drain=False)  # nothing left to drain
+        shutdown.log_phase("requests drained", cut_off=shutdown.cut_off())
+        if worker is not None:
+            await worker.stop(shutdown.time_left(cap=settings.jobs_shutdown_timeout_seconds))
+    shutdown.log_phase("jobs stopped")
+
     job_queue.close()
     if cache is not None:
         await cache.aclose()
-    logger.info("shutdown")
+    await instances.aclose()  # last: replicas see this instance draining until the end
+    shutdown.log_phase("resources closed")
+    if not shutdown.has_server:  # else the server completes, after its own last words
+        await shutdown.complete()
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -97,6 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Built here rather than in the lifespan so that they exist even for a client that
     # never runs the lifespan.
     app.state.settings = settings
+    app.state.shutdown = shutdown = build_shutdown(settings)
+    app.state.instances = build_instance_registry(settings, shutdown)
     app.state.metrics = metrics
     app.state.registry = metrics.registry
     app.state.store = UserStore(metrics=metrics, latency_ms=settings.store_latency_ms)
@@ -120,10 +139,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=metrics.registry,
         )
     app.add_middleware(RequestMetricsMiddleware, requests_total=metrics.http_requests)
+    # Outermost: it sees every response, and every request that a shutdown cuts off.
+    app.add_middleware(ShutdownMiddleware, coordinator=shutdown)
     app.add_exception_handler(Exception, internal_error)
     for module in (health, users, auth, admin, cache_admin, jobs):
         app.include_router(module.router)
     return app
+
+
+def build_shutdown(settings: Settings) -> ShutdownCoordinator:
+    """The app's shutdown coordinator, with the test hook if SHUTDOWN_TEST_HOOK_SECONDS > 0."""
+    notifier = None
+    if settings.shutdown_webhook_url:
+        notifier = WebhookNotifier(settings.shutdown_webhook_url, instance=settings.instance_name)
+    shutdown = ShutdownCoordinator(
+        timeout_seconds=settings.shutdown_timeout_seconds,
+        drain_delay_seconds=settings.shutdown_drain_delay_seconds,
+        hook_timeout_seconds=settings.pre_shutdown_hook_timeout_seconds,
+        notifier=notifier,
+    )
+    if settings.shutdown_test_hook_seconds > 0:
+        seconds = settings.shutdown_test_hook_seconds
+
+        async def test_hook() -> None:
+            # Fault injection: a hook as slow as a real one that waits for something.
+            await asyncio.sleep(seconds)
+
+        shutdown.add_hook("test-hook", test_hook)
+    return shutdown
+
+
+def build_instance_registry(settings: Settings, shutdown: ShutdownCoordinator) -> InstanceRegistry:
+    """The registry ``INSTANCE_REGISTRY`` names; the Redis one connects lazily."""
+
+    def state() -> Literal["serving", "draining"]:
+        return "draining" if shutdown.draining else "serving"
+
+    if settings.instance_registry == "redis":
+        registry = RedisInstanceRegistry.from_url(
+            settings.redis_url,
+            prefix=settings.instance_registry_prefix,
+            instance_id=settings.instance_name,
+            state=state,
+            timeout=settings.redis_socket_timeout_seconds,
+        )
+        # The replicas learn of the shutdown the moment it starts, not at the next beat.
+        shutdown.add_hook("instance-registry", registry.publish)
+        return registry
+    return LocalInstanceRegistry(settings.instance_name, state)
 
 
 def build_cache_backend(settings: Settings) -> CacheBackend:

@@ -1,5 +1,7 @@
 """Configuration, read from environment variables and an optional ``.env`` file."""
 
+import os
+import socket
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -164,6 +166,62 @@ class Settings(BaseSettings):
         default=60, gt=0, description="The sliding window of the failure alert, in seconds."
     )
 
+    # Exercise 10.3: graceful shutdown.
+    shutdown_timeout_seconds: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "The most time a shutdown gives requests in flight and running jobs, counted from "
+            "the signal (pre-shutdown hooks and the drain delay included); then they are cut "
+            "off and the shutdown goes on. Keep it below the orchestrator's grace period "
+            "(docker stop: 10 s, Kubernetes: 30 s), or the process is killed mid-way."
+        ),
+    )
+    shutdown_drain_delay_seconds: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "How long the app goes on serving after the signal, answering readiness 503 and "
+            "every response with Connection: close, before it closes its listening socket: "
+            "the time a load balancer needs to stop sending it traffic."
+        ),
+    )
+    pre_shutdown_hook_timeout_seconds: float = Field(
+        default=5, gt=0, description="The most time each pre-shutdown hook may take."
+    )
+    shutdown_test_hook_seconds: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Fault injection: above 0, a pre-shutdown hook named test-hook that takes this long."
+        ),
+    )
+    shutdown_webhook_url: str = Field(
+        default="",
+        description="Where shutdown.started and shutdown.completed are POSTed (empty: nowhere).",
+    )
+    instance_id: str = Field(
+        default="",
+        description="This instance's name in the registry and notifications (empty: <host>-<pid>).",
+    )
+    instance_registry: Literal["none", "redis"] = Field(
+        default="none",
+        description=(
+            "none: an instance knows only itself; redis: every instance registers in Redis at "
+            "REDIS_URL with its state (serving, draining), so replicas see each other."
+        ),
+    )
+    instance_registry_prefix: str = Field(
+        default="users-api:",
+        min_length=1,
+        description="Start of the instance registry's Redis keys.",
+    )
+
+    @property
+    def instance_name(self) -> str:
+        """``INSTANCE_ID``, or ``<hostname>-<pid>`` of the process that asks."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
     @property
     def warm_paths(self) -> list[str]:
         """``CACHE_WARM_PATHS`` as a list (the environment holds it as one string)."""
@@ -176,6 +234,14 @@ class Settings(BaseSettings):
         for path in _comma_separated(value):
             if not path.startswith("/"):
                 raise ValueError(f"every cache warm path must start with '/', not {path!r}")
+        return value
+
+    @field_validator("shutdown_webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, value: str) -> str:
+        # Fail at startup rather than at the shutdown, when nobody is watching any more.
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"the shutdown webhook must be an http(s) URL, not {value!r}")
         return value
 
     @field_validator("log_level")

@@ -1,6 +1,7 @@
 """Operational behaviour: health, metrics, simulated latency, seeding, lifespan, errors."""
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -21,8 +22,11 @@ def test_health(client: TestClient) -> None:
     response = client.get("/health")
 
     assert response.status_code == 200
-    # The reference adds the cache's state (exercise 10.1, stretch goal redis-health).
-    assert response.json() in ({"status": "ok"}, {"status": "ok", "cache": "up"})
+    # The reference adds the cache's state (exercise 10.1, stretch goal redis-health) and
+    # the pid of the process that answered (10.3, graceful-restart).
+    body = response.json()
+    assert body.pop("pid", os.getpid()) == os.getpid()
+    assert body in ({"status": "ok"}, {"status": "ok", "cache": "up"})
 
 
 def test_metrics_exposes_all_store_operations(client: TestClient) -> None:

@@ -270,7 +270,7 @@ def test_stats_answer_with_zeros_when_caching_is_disabled(reference: Any) -> Non
     stats = client.get("/admin/cache/stats", headers=ADMIN).json()
     assert stats["enabled"] is False
     assert [stats[name] for name in ("hits", "misses", "entries", "bytes")] == [0, 0, 0, 0]
-    assert client.get("/health").json() == {"status": "ok", "cache": "up"}
+    assert client.get("/health").json().items() >= {"status": "ok", "cache": "up"}.items()
 
 
 def test_dashboard_shows_the_statistics_as_plain_text(reference: Any) -> None:
@@ -293,7 +293,7 @@ def test_dashboard_shows_the_statistics_as_plain_text(reference: Any) -> None:
 def test_health_reports_the_memory_cache_up_without_touching_the_store(reference: Any) -> None:
     client = reference()
     before = store_operations(client)
-    assert client.get("/health").json() == {"status": "ok", "cache": "up"}
+    assert client.get("/health").json().items() >= {"status": "ok", "cache": "up"}.items()
     assert store_operations(client) == before
 
 

@@ -252,7 +252,8 @@ def test_an_unreachable_redis_means_answers_from_the_store(
                 assert (response.status_code, response.headers["X-Cache"]) == (200, "MISS")
             assert client.put(path, json={"email": user["email"], "name": "X"}).status_code == 200
             assert time.perf_counter() - started < 2
-            assert client.get("/health").json() == {"status": "degraded", "cache": "down"}
+            health = client.get("/health").json()
+            assert health.items() >= {"status": "degraded", "cache": "down"}.items()
             stats = client.get("/admin/cache/stats", headers=ADMIN).json()
             assert stats["backend_up"] is False and stats["entries"] is None
             assert stats["misses"] == 1 + 3  # warming's GET /users, then ours
@@ -334,17 +335,18 @@ def test_caching_resumes_after_a_restart_without_serving_what_changed_meanwhile(
             path = f"/users/{user['id']}"
             client.get(path)
             assert client.get(path).headers["X-Cache"] == "HIT"
-            assert client.get("/health").json() == {"status": "ok", "cache": "up"}
+            assert client.get("/health").json().items() >= {"status": "ok", "cache": "up"}.items()
 
             own_redis.stop()  # the cached user is now on disk
-            assert client.get("/health").json() == {"status": "degraded", "cache": "down"}
+            health = client.get("/health").json()
+            assert health.items() >= {"status": "degraded", "cache": "down"}.items()
             assert client.get(path).headers["X-Cache"] == "MISS"
             changed = client.put(path, json={"email": user["email"], "name": "During Outage"})
             assert changed.status_code == 200
             create_user(client)
 
             own_redis.start()  # back, with the entry cached before the PUT
-            assert client.get("/health").json() == {"status": "ok", "cache": "up"}
+            assert client.get("/health").json().items() >= {"status": "ok", "cache": "up"}.items()
             fresh = client.get(path)
             assert (fresh.headers["X-Cache"], fresh.json()["name"]) == ("MISS", "During Outage")
             again = client.get(path)

@@ -12,24 +12,31 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # file -> the exercise whose solution changes or adds it
 EVOLVED = {
-    "__init__.py": "docstring only: names the package as the reference solution",
-    "__main__.py": "10.2: `python -m solutions.app worker` runs the job worker",
+    "__init__.py": "names the package as the reference solution; 10.3: imports lazily",
+    "__main__.py": "10.2: `python -m solutions.app worker`; 10.3: serving under the supervisor",
     "cache.py": "10.1, new: the response cache middleware, single flight, warming",
     "cache_backends.py": "10.1, new: the backend interface, entry codec and memory backend",
     "cache_redis.py": "10.1 stretch, new: the Redis backend",
     "deps.py": "10.1 stretch: cache backend and statistics as dependencies; 10.2: the job queue",
     "email_service.py": "10.2, new: the EmailService protocol and its logging mock",
-    "job_registry.py": "10.2, new: job records, batches and alerts in SQLite",
-    "job_worker.py": "10.2, new: huey's consumer in-process or alone, the recurring cleanup",
+    "instances.py": "10.3 stretch, new: the instance registry (replica coordination)",
+    "job_registry.py": "10.2, new: job records, batches and alerts; 10.3: worker heartbeats",
+    "job_worker.py": "10.2, new: huey's consumer, the recurring cleanup; 10.3: lease, stop",
     "jobs.py": "10.2, new: the jobs, and the per-app huey queue that records them",
-    "main.py": "10.1: the cache middleware, backend and warming; 10.2: the job queue and worker",
+    "logs.py": "10.3, new: logging set-up out of main.py (the supervisor loads no FastAPI)",
+    "main.py": "10.1: cache middleware and warming; 10.2: jobs; 10.3: the shutdown phases",
     "metrics.py": "10.2: the purge operation, and job_store_operations_total for jobs",
+    "notifications.py": "10.3 stretch, new: the shutdown webhook",
+    "routers/admin.py": "10.3: POST /admin/shutdown; stretch: GET /admin/instances",
     "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
-    "routers/health.py": "10.1 stretch: /health reports the cache backend",
+    "routers/health.py": "10.1 stretch: /health reports the cache; 10.3: pid, live, ready",
     "routers/jobs.py": "10.2, new: the jobs JSON API and dashboard",
     "routers/users.py": "10.2: POST /users enqueues the welcome email",
-    "settings.py": "10.1: the CACHE_* settings and REDIS_URL; 10.2: the job and email settings",
+    "server.py": "10.3, new: uvicorn's Server told of the shutdown when the signal arrives",
+    "settings.py": "10.1: CACHE_* and REDIS_URL; 10.2: jobs and email; 10.3: SHUTDOWN_* etc.",
+    "shutdown.py": "10.3, new: the shutdown coordinator (phases, budget, log) and middleware",
     "store.py": "10.2: purge_deleted for the cleanup job; the counter of the jobs' store",
+    "supervisor.py": "10.3 stretch, new: the supervisor process for graceful restarts",
 }
 
 
