@@ -10,7 +10,6 @@ from ._results import GradeResult
 
 SOLUTION_APP = "solutions.app"
 DEFAULT_APP = "starter_app"
-DEFAULT_TIMEOUT = 180.0
 DEFAULT_REQUEST_TIMEOUT = 5.0
 
 
@@ -22,7 +21,7 @@ def grade(
     app_path: str | Path | None = None,
     criteria: Iterable[str] = (),
     course: Course | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> GradeResult:
     """Grade one exercise against an app package and return the results.
@@ -31,7 +30,8 @@ def grade(
     reference app instead. The package is imported from `app_path` (default: the current
     folder) in a child process, so nothing the app does can break the caller.
     `criteria` limits the run to those criterion ids (default: all of the exercise's).
-    `timeout` bounds the whole run, `request_timeout` each request to the app.
+    `timeout` bounds the whole run (default: the exercise's `timeout_seconds`, 180 unless
+    its checks start servers), `request_timeout` each request to the app.
     """
     from ._runner import grade_exercise
 

@@ -22,6 +22,9 @@ class Criterion:
     hint: str
     # False for a stretch goal declared ahead of its checks: shown, but not graded yet.
     graded: bool = True
+    # True where the untouched starter passes because its framework already provides the
+    # behaviour (uvicorn drains requests on SIGTERM); the README says why the check stays.
+    starter_passes: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Exercise:
     goal: str
     path: Path
     criteria: tuple[Criterion, ...]
+    # How long one grading run may take: checks that start server processes need more.
+    timeout_seconds: float = 180.0
 
     @property
     def tests_dir(self) -> Path:
@@ -101,6 +106,7 @@ def _load_exercise(toml: Path) -> Exercise:
         goal=str(data.get("goal", "")),
         path=toml.parent,
         criteria=criteria,
+        timeout_seconds=_positive(data, "timeout_seconds", 180.0, where),
     )
 
 
@@ -118,7 +124,15 @@ def _criterion(raw: dict[str, Any], where: str) -> Criterion:
         points=points,
         hint=" ".join(_text(raw, "hint", where).split()),
         graded=bool(raw.get("graded", True)),
+        starter_passes=bool(raw.get("starter_passes", False)),
     )
+
+
+def _positive(data: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise GraderError(f"{where}: {key} must be a number of seconds > 0")
+    return float(value)
 
 
 def _text(data: dict[str, Any], key: str, where: str) -> str:

@@ -336,11 +336,14 @@ def grade_exercise(
     *,
     app: str,
     app_path: Path,
-    timeout: float,
+    timeout: float | None,
     request_timeout: float,
     criteria: tuple[str, ...] = (),
 ) -> GradeResult:
+    """Grade `exercise_key`; `timeout=None` takes the exercise's own bound."""
     exercise = course.find(exercise_key)
+    if timeout is None:
+        timeout = exercise.timeout_seconds
     if not exercise.tests_dir.is_dir():
         raise GraderError(f"Exercise {exercise.id} has no graded suite at {exercise.tests_dir}")
     for criterion_id in criteria:

@@ -58,7 +58,11 @@ def _grade_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-report", action="store_true", help="do not save a JSON report")
     parser.add_argument(
-        "--timeout", type=float, default=180.0, metavar="S", help="bound on the whole run (180)"
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="bound on the whole run (default: the exercise's, 180 s for most)",
     )
     parser.add_argument(
         "--request-timeout",
@@ -99,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return _grade(_grade_parser().parse_args(args))
+        parser = _grade_parser()
+        parsed = parser.parse_args(args)
+        for name in ("timeout", "request_timeout"):
+            value = getattr(parsed, name)
+            if value is not None and value <= 0:
+                parser.error(f"--{name.replace('_', '-')} must be a number of seconds > 0")
+        return _grade(parsed)
     except GraderError as exc:
         print(f"grade: error: {exc}", file=sys.stderr)
         return 2

@@ -227,4 +227,92 @@ MUTANTS_10_2 = [
     ),
 ]  # fmt: skip
 
-MUTANTS = [*MUTANTS_10_1, *STRETCH_MUTANTS_10_1, *MUTANTS_10_2]
+JOBS_STOP = "await worker.stop(shutdown.time_left(cap=settings.jobs_shutdown_timeout_seconds))"
+REQUEST_BUDGET = "self.config.timeout_graceful_shutdown = self.coordinator.time_left()"
+PHASE_LOG = 'logger.info("shutdown %s%s elapsed_ms=%d", phase, details, self.elapsed_ms())'
+
+MUTANTS_10_3 = [
+    mutant(
+        # uvicorn's own reaction, nothing more: the app hears of it in the lifespan's end.
+        "10.3", "signal-left-to-uvicorn", "server.py",
+        "self.request_shutdown(signal.Signals(sig).name)", "self.should_exit = True",
+        "shutdown-events",
+    ),
+    mutant(
+        "10.3", "drains-for-5-s-by-default", "settings.py",
+        "shutdown_drain_delay_seconds: float = Field(\n        default=0,",
+        "shutdown_drain_delay_seconds: float = Field(\n        default=5,",
+        "stop-accepting",
+    ),
+    mutant(
+        "10.3", "requests-cut-at-once", "server.py",
+        REQUEST_BUDGET, REQUEST_BUDGET.replace("self.coordinator.time_left()", "0"),
+        "in-flight",
+    ),
+    mutant(
+        "10.3", "running-jobs-abandoned", "main.py",
+        JOBS_STOP, "await worker.stop(0)",
+        "resources",
+    ),
+    mutant(
+        "10.3", "requests-waited-for-forever", "server.py",
+        REQUEST_BUDGET, REQUEST_BUDGET.replace("self.coordinator.time_left()", "None"),
+        "timeout",
+    ),
+    mutant(
+        "10.3", "phases-untimed", "shutdown.py",
+        PHASE_LOG, 'logger.info("shutdown %s%s", phase, details)',
+        "logged",
+    ),
+    mutant(
+        "10.3", "admin-routes-open", "routers/admin.py",
+        "dependencies=[Depends(require_admin)],", "dependencies=[],",
+        "admin-shutdown",
+    ),
+    mutant(
+        "10.3", "waits-for-every-job", "main.py",
+        JOBS_STOP, "await worker.stop(60)",
+        "container-stop",
+    ),
+    mutant(
+        "10.3", "hooks-unbounded", "shutdown.py",
+        "await asyncio.wait_for(hook(), self.time_left(cap=self.hook_timeout_seconds))",
+        "await hook()",
+        "pre-shutdown-hooks",
+    ),
+    mutant(
+        "10.3", "never-draining-in-the-registry", "main.py",
+        'return "draining" if shutdown.draining else "serving"', 'return "serving"',
+        "replica-coordination",
+    ),
+    mutant(
+        "10.3", "ready-while-draining", "routers/health.py",
+        "    if shutdown.draining:\n", "    if False:\n",
+        "health-state",
+    ),
+    mutant(
+        "10.3", "keep-alive-while-draining", "shutdown.py",
+        'if message["type"] == "http.response.start" and coordinator.draining:',
+        'if message["type"] == "http.response.start" and False:',
+        "connection-draining",
+    ),
+    mutant(
+        "10.3", "no-started-notification", "shutdown.py",
+        'steps.append(self.notifier.started(self.reason or "unknown"))', "pass",
+        "notifications",
+    ),
+    mutant(
+        "10.3", "sighup-stops", "supervisor.py",
+        "elif signum == signal.SIGHUP:\n                    self._restart()",
+        'elif signum == signal.SIGHUP:\n                    self._stop("SIGHUP received")',
+        "graceful-restart",
+    ),
+    mutant(
+        "10.3", "orphans-left-running", "job_worker.py",
+        "orphans = self.registry.fail_orphaned_jobs(now, lease_seconds=LEASE_SECONDS)",
+        "orphans = []",
+        "chaos",
+    ),
+]  # fmt: skip
+
+MUTANTS = [*MUTANTS_10_1, *STRETCH_MUTANTS_10_1, *MUTANTS_10_2, *MUTANTS_10_3]

@@ -96,3 +96,19 @@ def test_a_broken_exercise_toml_is_a_clear_error(course_copy: Path) -> None:
 def test_a_missing_exercises_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(GraderError, match="No exercises folder"):
         load_course(tmp_path)
+
+
+def test_an_exercise_may_bound_its_own_run_and_name_what_the_starter_passes() -> None:
+    shutdown = load_course().find("10.3")
+    assert shutdown.timeout_seconds > load_course().find("10.1").timeout_seconds == 180
+    assert {c.id for c in shutdown.criteria if c.starter_passes} == {"stop-accepting", "in-flight"}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", '"soon"', "true"])
+def test_a_timeout_that_is_not_a_positive_number_is_a_clear_error(
+    course_copy: Path, value: str
+) -> None:
+    toml = exercise_dir(course_copy) / "exercise.toml"
+    toml.write_text(f"timeout_seconds = {value}\n" + toml.read_text())
+    with pytest.raises(GraderError, match="timeout_seconds must be a number of seconds > 0"):
+        load_course(course_copy)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 GRADE = str(Path(sys.executable).parent / "grade")
 
 
@@ -80,3 +82,11 @@ def test_unknown_criterion_is_exit_2_with_the_known_ones() -> None:
     done = run("10.1", "--criterion", "nope")
     assert done.returncode == 2
     assert "no criterion 'nope'" in done.stderr and "caching-middleware" in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--request-timeout"])
+def test_a_bound_that_is_not_positive_is_a_usage_error(option: str, tmp_path: Path) -> None:
+    done = run("10.1", option, "0", cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"{option} must be a number of seconds > 0" in done.stderr
+    assert not (tmp_path / ".grade").exists()
