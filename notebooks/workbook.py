@@ -14,6 +14,17 @@ factory that reads its settings from environment variables, driven over HTTP in-
 - ``wait_for(probe, timeout=...)``: poll an async probe until it reports success or time is up;
 - ``captured_output()``: the app's log records and printed lines during a block, timestamped;
 - ``show_checklist(result)``: a grading result as the ``grade`` command prints it.
+
+For exercise 10.3, which needs a real server process (signals, exit codes, refused
+connections exist only there):
+
+- ``server_process(package, **env)``: ``python -m <package>`` on a free loopback port, killed
+  (its whole process group) when the block ends; ``started_servers()`` lists them all;
+- ``SteadyLoad(app, clients=...)``: client threads that each send one request after another,
+  a new connection every time, and record what each got (``Outcome`` of the grader);
+- ``outcome_kind(outcome)``, ``count_kinds(requests)``: completed, refused or failed;
+- ``shutdown_lines(output)``: the contract's shutdown log lines found in a server's output;
+- ``process_group_runs(pgid)``: whether a server (or anything it started) still runs.
 """
 
 from __future__ import annotations
@@ -24,10 +35,12 @@ import importlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +53,7 @@ if TYPE_CHECKING:
     import redis
 
     from grader import GradeResult
+    from grader._process import AppProcess, Outcome
 
 T = TypeVar("T")
 
@@ -356,3 +370,266 @@ def show_checklist(result: GradeResult, *, width: int = 100) -> None:
     )
     console.print(checklist(result))
     print("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()))
+
+
+# --- real server processes (exercise 10.3) ------------------------------------------------
+
+# What a request can end as, seen from the client during a shutdown.
+COMPLETED, REFUSED, FAILED = "completed", "refused", "failed"
+OUTCOME_KINDS = (COMPLETED, REFUSED, FAILED)
+
+_SERVERS: list[AppProcess] = []
+_SCRATCH: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _scratch_folder() -> Path:
+    """One temporary folder for this kernel's servers, removed when the kernel exits.
+
+    Not one per block: a server's log file must stay readable after the server is gone,
+    since the interesting lines are the ones it printed while it stopped.
+    """
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="workbook-servers-")
+    return Path(_SCRATCH.name)
+
+
+@contextlib.contextmanager
+def server_process(
+    package: str, *, ready_timeout: float = 30.0, **env: object
+) -> Iterator[AppProcess]:
+    """Run ``python -m <package>`` as a real server on a free loopback port, as the grader
+    does, with ``env`` as its settings; yield it once ``GET /health`` answers 200.
+
+    It is the grader's own ``AppProcess`` (``grader/_process.py``): requests that never
+    raise (a refused or cut connection is in the ``Outcome``), ``send_signal``,
+    ``wait_exit``, ``output()``. Whatever happens in the block, the server's whole process
+    group is killed at the end (a graceful restart's new server too), so no server outlives
+    the cell. ``LOG_LEVEL`` defaults to ``INFO``, which the shutdown log lines need; each
+    server runs in a folder of its own (its ``jobs.sqlite3``, its log file), and its output
+    stays readable after the block.
+    """
+    from grader._process import AppProcess
+
+    folder = Path(tempfile.mkdtemp(prefix=f"{package.replace('.', '-')}-", dir=_scratch_folder()))
+    settings = {"LOG_LEVEL": "INFO", **env}
+    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    app = AppProcess(
+        package,
+        cwd=folder,
+        env={
+            "PYTHONPATH": python_path,  # your own package at the project root, too
+            **{name: _env_value(value) for name, value in settings.items()},
+        },
+    )
+    _SERVERS.append(app)
+    try:
+        app.start(ready_timeout=ready_timeout)
+        yield app
+    finally:
+        app.kill()
+
+
+def started_servers() -> list[AppProcess]:
+    """Every server ``server_process()`` started in this kernel, in order."""
+    return list(_SERVERS)
+
+
+def outcome_kind(outcome: Outcome) -> str:
+    """What a request got, in three words:
+
+    - ``completed``: the server answered, a whole response (any status but 503);
+    - ``refused``: nobody accepted the connection (nothing listens on the port), or the
+      server said 503: either way the client knows at once that it was not served and can
+      try elsewhere;
+    - ``failed``: anything else: the connection was reset or closed before a whole answer
+      came (the request was cut), or it timed out. The client cannot tell whether the
+      request was done, which is the case that hurts.
+    """
+    from grader._process import REFUSED as CONNECTION_REFUSED
+
+    if outcome.status is not None:
+        return REFUSED if outcome.status == 503 else COMPLETED
+    return REFUSED if outcome.error == CONNECTION_REFUSED else FAILED
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """One request of a ``SteadyLoad``: which client sent it and what it got.
+
+    ``started`` and ``finished`` are ``time.monotonic()`` seconds, like the time you take
+    with ``time.monotonic()`` when you send a signal.
+    """
+
+    client: int
+    outcome: Outcome
+
+    @property
+    def started(self) -> float:
+        return self.outcome.started
+
+    @property
+    def finished(self) -> float:
+        return self.outcome.finished
+
+    @property
+    def kind(self) -> str:
+        return outcome_kind(self.outcome)
+
+    def in_flight_at(self, moment: float) -> bool:
+        """Sent before ``moment`` and not finished then."""
+        return self.started <= moment < self.finished
+
+
+def count_kinds(requests: list[LoadRequest]) -> Counter[str]:
+    """How many requests completed, were refused, failed (every kind present, maybe 0)."""
+    counts = Counter({kind: 0 for kind in OUTCOME_KINDS})
+    counts.update(request.kind for request in requests)
+    return counts
+
+
+class SteadyLoad:
+    """``clients`` threads, each sending ``GET <path>`` after ``GET <path>`` to ``app``.
+
+    Every request opens a new connection, as requests from many different clients would,
+    so that "the server stopped accepting" shows up as refused connections rather than
+    hiding behind a kept-alive one. A client sends its next request when the last one has
+    ended, but at most one every ``interval`` seconds: a refused connection ends in
+    microseconds, and without that pause the counts would say more about the loop than
+    about the server. Client ``i`` sends its first request ``i * stagger`` seconds after
+    the start, so that the requests in flight do not all start and end together. Use it as
+    a context manager: the load runs for the block.
+    """
+
+    def __init__(
+        self,
+        app: AppProcess,
+        *,
+        clients: int = 4,
+        path: str = "/users",
+        interval: float = 0.05,
+        stagger: float = 0.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.clients = clients
+        self.path = path
+        self.interval = interval
+        self.stagger = stagger
+        self.timeout = timeout
+        self._requests: list[LoadRequest] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, client: int) -> None:
+        self._stop.wait(client * self.stagger)
+        while not self._stop.is_set():
+            began = time.monotonic()
+            outcome = self.app.request("GET", self.path, timeout=self.timeout)
+            self._requests.append(LoadRequest(client, outcome))
+            self._stop.wait(max(0.0, began + self.interval - time.monotonic()))
+
+    def start(self) -> SteadyLoad:
+        for client in range(self.clients):
+            thread = threading.Thread(target=self._run, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def stop(self) -> list[LoadRequest]:
+        """Stop sending; wait for the requests still out (bounded by their timeout)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 1)
+        return self.requests
+
+    @property
+    def requests(self) -> list[LoadRequest]:
+        """What every client got so far, by the time each request was sent."""
+        return sorted(self._requests, key=lambda request: request.started)
+
+    def __enter__(self) -> SteadyLoad:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# The contract's shutdown lines (exercise 10.3, "Log lines"), in their order.
+SHUTDOWN_PHASES = (
+    "shutdown started",
+    "shutdown requests drained",
+    "shutdown jobs stopped",
+    "shutdown resources closed",
+    "shutdown complete",
+)
+# The app's "shutdown complete elapsed_ms=...", not uvicorn's "Application shutdown complete."
+_SHUTDOWN_LINE = re.compile(
+    r"(?<![A-Za-z])(shutdown (?:started|requests drained|jobs stopped|resources closed|complete))"
+    r"((?: [a-z_]+=\S*)+)"
+)
+
+
+@dataclass(frozen=True)
+class ShutdownLine:
+    """One of the contract's shutdown lines: its phase, its ``key=value`` fields, the
+    message (from the phase on: ``shutdown started reason=SIGTERM``) and the whole line."""
+
+    phase: str
+    fields: dict[str, str]
+    message: str
+    text: str
+
+    @property
+    def elapsed_ms(self) -> float | None:
+        value = self.fields.get("elapsed_ms")
+        try:
+            return None if value is None else float(value)
+        except ValueError:
+            return None
+
+
+def shutdown_lines(output: str) -> list[ShutdownLine]:
+    """The contract's shutdown lines in a server's output, in the order they came.
+
+    A phase counts only with at least one ``key=value`` field after it, as the contract
+    writes them: uvicorn's own "Application shutdown complete." is not the app's line.
+    """
+    found = []
+    for text in output.splitlines():
+        match = _SHUTDOWN_LINE.search(text)
+        if match is not None:
+            fields = dict(item.split("=", 1) for item in match.group(2).split())
+            found.append(ShutdownLine(match.group(1), fields, match.group(0), text.strip()))
+    return found
+
+
+def process_group_runs(pgid: int | None) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies aside), from ``/proc``.
+
+    ``server_process()`` gives each server a process group of its own, so this also sees
+    the processes a server started (the new server of a graceful restart, say). Without
+    ``/proc`` (macOS), it asks the kernel whether the group exists.
+    """
+    if pgid is None:
+        return False
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": comm may hold spaces
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False

@@ -7,6 +7,7 @@ fail on a missing feature; these tests check that they run and say the right thi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 NOTEBOOKS = ROOT / "notebooks"
 CACHING = NOTEBOOKS / "10.1-response-caching.ipynb"
 JOBS = NOTEBOOKS / "10.2-background-jobs.ipynb"
+SHUTDOWN = NOTEBOOKS / "10.3-graceful-shutdown.ipynb"
 
 
 def execute(path: Path) -> NotebookNode:
@@ -75,7 +77,7 @@ def has_html(notebook: NotebookNode) -> bool:
     )
 
 
-@pytest.mark.parametrize("path", [CACHING, JOBS], ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", [CACHING, JOBS, SHUTDOWN], ids=lambda path: path.stem)
 def test_notebook_is_stored_clean(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
@@ -135,4 +137,64 @@ def test_jobs_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert "GET /jobs without a token -> 401" in text
         assert "The page shows the id of the job just enqueued" in text
         assert has_html(notebook), "the dashboard is not displayed"
+        assert "Exercise complete" in text
+
+
+def group_runs(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies aside), from /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def count(pattern: str, text: str) -> tuple[int, ...]:
+    """The integers captured by `pattern`'s first match in `text` (the test fails without one)."""
+    match = re.search(pattern, text)
+    assert match is not None, f"no line matches {pattern!r}"
+    return tuple(int(group) for group in match.groups())
+
+
+@pytest.mark.parametrize("app", ["starter_app", "solutions.app"])
+def test_shutdown_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBOOK_APP", app)
+    notebook = execute(SHUTDOWN)
+    text = text_of(notebook)
+
+    assert f"App under study: {app}" in text
+    assert has_png(notebook), "the timeline of requests around the signal is missing"
+    assert "Exercise 10.3 · Graceful shutdown" in text  # the grader's checklist
+    # Section 2: SIGKILL cuts the requests in flight, SIGTERM lets them finish (uvicorn's
+    # own handling, in the starter as in the reference).
+    cut, in_flight = count(r"SIGKILL: (\d+) of the (\d+) requests in flight", text)
+    assert in_flight > 0 and cut > 0, "SIGKILL should cut the requests in flight"
+    cut, in_flight = count(r"SIGTERM: (\d+) of the (\d+) requests in flight", text)
+    assert in_flight > 0 and cut == 0, "SIGTERM should let the requests in flight finish"
+    # Every server the notebook started is gone: checked inside the kernel before it ended,
+    # and again from here, by process group, now that the kernel is gone.
+    assert re.search(r"Servers started by this notebook: [1-9]\d*; still running: 0\.", text)
+    (groups,) = re.findall(r"Their process groups: ([\d ]+)", text)
+    leftovers = [pgid for pgid in map(int, groups.split()) if group_runs(pgid)]
+    assert not leftovers, f"server process groups still running: {leftovers}"
+    if app == "starter_app":
+        assert "5 of the 5 shutdown lines are missing" in text
+        assert "There is no time limit" in text
+        assert "has no POST /admin/shutdown yet" in text
+        assert "has no GET /health/ready yet" in text
+        assert "The process the notebook started was killed by SIGHUP" in text
+        assert "Not done yet" in text
+    else:
+        assert "All five shutdown lines came, in order; elapsed_ms never goes down" in text
+        assert "The shutdown is bounded" in text
+        assert "shutdown started reason=admin; 5 of the 5 shutdown lines" in text
+        assert '/health/ready answered 503 {"status":"draining"}' in text
+        assert re.search(r"after it: 200, \d+ bytes, Connection: close", text)
+        (completed,) = count(r"Around the SIGHUP: (\d+) completed, 0 refused, 0 failed", text)
+        assert completed > 0
+        assert "the new server answered" in text
+        assert "on SIGTERM it exited with code 0" in text
         assert "Exercise complete" in text
