@@ -215,3 +215,19 @@ def stop_all(children: Sequence[Child], timeout: float = STOP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     for child in children:
         child.reap(deadline)
+
+
+def print_load(load_before: list[float] | None, load_after: list[float] | None) -> None:
+    """One line on the machine's load around a run, with a warning if other work was busy.
+
+    Before is other work alone; after includes the run's own processes.
+    """
+    if not (load_before and load_after):
+        return
+    cpus = os.cpu_count() or 1
+    busy = load_before[0] > cpus
+    print(
+        f"load average {load_before[0]:.1f} at the start (other work), {load_after[0]:.1f} at"
+        f" the end, on {cpus} CPUs"
+        + (": other work shared the CPUs, read the figures with care" if busy else "")
+    )

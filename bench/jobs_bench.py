@@ -70,6 +70,7 @@ from _common import (
     load_average,
     paired_ratios,
     percentile,
+    print_load,
     round_or_none,
     say,
     stop_all,
@@ -1082,15 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(results[name]["summary"])
     duration = time.monotonic() - started
     load_after = load_average()
-    if load_before and load_after:
-        # Before is other work alone; after includes this run's own processes.
-        cpus = os.cpu_count() or 1
-        busy = load_before[0] > cpus
-        print(
-            f"load average {load_before[0]:.1f} at the start (other work), {load_after[0]:.1f} at"
-            f" the end, on {cpus} CPUs"
-            + (": other work shared the CPUs, read the figures with care" if busy else "")
-        )
+    print_load(load_before, load_after)
     say(f"done in {duration:.0f} s")
     if args.json:
         write_json(

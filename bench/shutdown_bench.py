@@ -54,7 +54,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _common import ROOT, checkout_env, exit_on_sigterm, load_average, say, verdict, write_json
+from _common import (
+    ROOT,
+    checkout_env,
+    exit_on_sigterm,
+    load_average,
+    print_load,
+    say,
+    verdict,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from grader._process import AppProcess, Outcome
@@ -509,14 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = report(results, clients=args.clients, interval=interval)
     duration = time.monotonic() - started
     load_after = load_average()
-    if load_before and load_after:
-        cpus = os.cpu_count() or 1
-        busy = load_before[0] > cpus
-        print(
-            f"load average {load_before[0]:.1f} at the start (other work), {load_after[0]:.1f} at"
-            f" the end, on {cpus} CPUs"
-            + (": other work shared the CPUs, read the figures with care" if busy else "")
-        )
+    print_load(load_before, load_after)
     say(f"done in {duration:.0f} s")
     if args.json:
         write_json(

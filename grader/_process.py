@@ -505,7 +505,7 @@ def _transport_error(exc: BaseException, received: int | None) -> str:
 # --- leaving nothing behind -------------------------------------------------------------
 
 
-def _group_runs(pgid: int) -> bool:
+def group_runs(pgid: int) -> bool:
     """Whether some process of group `pgid` still runs.
 
     Zombies do not count: an orphan the app forked is reparented to init, and an init that
@@ -538,7 +538,7 @@ def _wait_group_gone(pgid: int | None, timeout: float) -> None:
     if pgid is None:
         return
     deadline = time.monotonic() + timeout
-    while _group_runs(pgid) and time.monotonic() < deadline:
+    while group_runs(pgid) and time.monotonic() < deadline:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)  # a member forked after the first kill
         time.sleep(0.01)

@@ -605,31 +605,11 @@ def shutdown_lines(output: str) -> list[ShutdownLine]:
 
 
 def process_group_runs(pgid: int | None) -> bool:
-    """Whether any process of group ``pgid`` still runs (zombies aside), from ``/proc``.
+    """Whether any process of group ``pgid`` still runs (zombies aside).
 
     ``server_process()`` gives each server a process group of its own, so this also sees
-    the processes a server started (the new server of a graceful restart, say). Without
-    ``/proc`` (macOS), it asks the kernel whether the group exists.
+    the processes a server started (the new server of a graceful restart, say).
     """
-    if pgid is None:
-        return False
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": comm may hold spaces
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    from grader._process import group_runs
+
+    return pgid is not None and group_runs(pgid)
