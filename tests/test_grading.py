@@ -6,8 +6,11 @@ serves."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -47,8 +50,26 @@ CRITERIA = {
 EXERCISES = sorted(CRITERIA)
 
 
-def run_grade(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GRADE, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def run_grade(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GRADE, *args], capture_output=True, text=True, cwd=cwd, timeout=600, env=env
+    )
+
+
+def processes_with(marker: str) -> list[str]:
+    """The live processes (zombies aside) whose environment holds `marker`: every process a
+    grading run starts (its pytest, the app servers its checks launch) inherits it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            if state not in ("Z", "X") and marker.encode() in (entry / "environ").read_bytes():
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError):
+            continue  # not a process, gone meanwhile, or not ours to read
+    return found
 
 
 @pytest.mark.parametrize("exercise", EXERCISES)
@@ -63,8 +84,16 @@ def test_the_catalog_declares_exactly_these_criteria(exercise: str) -> None:
 def test_reference_passes_every_criterion(exercise: str, tmp_path: Path) -> None:
     required, stretch = CRITERIA[exercise]
     args = (exercise, "--solution", "--format", "json", "--report-dir", "out")
-    done = run_grade(*args, cwd=tmp_path)
+    marker = f"GRADING_TEST_RUN={uuid.uuid4().hex}"
+    name, _, value = marker.partition("=")
+    done = run_grade(*args, cwd=tmp_path, env={**os.environ, name: value})
     assert done.returncode == 0, done.stdout + done.stderr
+    if Path("/proc/self/environ").exists():  # Linux: nothing the run started outlives it
+        # (the harness's watchdog may take a moment to see its pytest gone and exit)
+        deadline = time.monotonic() + 5
+        while (left := processes_with(marker)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == []
     report = json.loads(done.stdout)
     statuses = {c["id"]: c["status"] for c in report["criteria"]}
     assert statuses == dict.fromkeys(required | stretch, "passed")
