@@ -7,6 +7,7 @@ kills at the end whatever happened, with real signals. A few quick ones run in-p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -720,3 +721,30 @@ def test_the_dockerfile_runs_the_app_in_exec_form_and_stops_it_with_sigterm() ->
     assert "STOPSIGNAL SIGTERM" in instructions
     assert any(re.match(r"ENV .*HOST=0\.0\.0\.0", line) for line in instructions)
     assert "SHUTDOWN_TIMEOUT_SECONDS" in dockerfile
+
+
+def test_connections_to_the_supervisor_socket_have_nagle_off() -> None:
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP; the
+    supervisor's socket once had proto 0, and every response waited 40 ms for a delayed
+    ACK (23 requests/s on one connection)."""
+    from solutions.app.supervisor import bind
+
+    listener = bind("127.0.0.1", 0)
+
+    async def accept_one() -> list[int]:
+        seen: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=listener)
+        reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        await reader.read()  # until the server closes it
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen
+
+    assert asyncio.run(accept_one()) == [1]
