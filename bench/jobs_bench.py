@@ -320,7 +320,7 @@ def bench_latency(*, posts: int, warmup: int, cwd: Path) -> dict[str, Any]:
             "enqueued (reference)",
             Proc(
                 "latency-enqueued",
-                [sys.executable, "-m", "solutions.app"],
+                [sys.executable, "-m", "solutions.app", "serve", "--single-process"],
                 base_env(**settings, JOBS_DB_PATH=str(enqueued_db)),
                 port=ports[0],
             ),

@@ -68,6 +68,8 @@ def run_once(variant: str, shape: str, requests: int, cwd: Path) -> int:
         sys.executable,
         "-m",
         "solutions.app",
+        "serve",
+        "--single-process",  # no supervisor: the one process counted is the one serving
     ]
     with log.open("w") as out:
         process = subprocess.Popen(
