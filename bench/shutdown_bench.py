@@ -47,7 +47,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,10 +65,13 @@ from _common import (
 )
 
 if TYPE_CHECKING:
-    from grader._process import AppProcess, Outcome
+    from grader._process import AppProcess
 
 if str(ROOT) not in sys.path:  # run as a script: `grader` imports from this checkout
     sys.path.insert(0, str(ROOT))
+# The notebooks' steady load and its completed / refused / failed, shared rather than copied.
+sys.path.insert(0, str(ROOT / "notebooks"))
+from workbook import COMPLETED, FAILED, REFUSED, SteadyLoad, outcome_kind
 
 PACKAGES = {"starter": "starter_app", "reference": "solutions.app"}
 LATENCY_MS = 50  # STORE_LATENCY_MS: every GET /users stays in flight this long
@@ -102,7 +104,6 @@ SHUTDOWN_ENV = (
     "INSTANCE_REGISTRY",
     "INSTANCE_REGISTRY_PREFIX",
 )
-COMPLETED, REFUSED, FAILED = "completed", "refused", "failed"
 
 
 class BenchError(RuntimeError):
@@ -134,52 +135,6 @@ HOW = {
     "graceful": "SIGTERM, wait for the exit, then a new process",
     "restart": "SIGHUP: the supervisor swaps the server process on its socket",
 }
-
-
-def kind(outcome: Outcome) -> str:
-    """completed, refused (nobody listens, or a 503) or failed (cut, reset, timed out)."""
-    from grader._process import REFUSED as CONNECTION_REFUSED
-
-    if outcome.status is not None:
-        return REFUSED if outcome.status == 503 else COMPLETED
-    return REFUSED if outcome.error == CONNECTION_REFUSED else FAILED
-
-
-class Load:
-    """K client threads sending GET /users, one new connection per request, to a port.
-
-    The requests go to whichever process listens on the port: the old server, nobody,
-    or the new one. `target` only supplies the URL (`AppProcess.request` never raises).
-    """
-
-    def __init__(self, target: AppProcess, *, clients: int, interval: float) -> None:
-        self.target = target
-        self.clients = clients
-        self.interval = interval
-        self.outcomes: list[Outcome] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)
-        ]
-
-    def _run(self, client: int) -> None:
-        # Spread the clients' first requests over one request's time, so that they do not
-        # all start and end together.
-        self._stop.wait(client * LATENCY_MS / 1000 / self.clients)
-        while not self._stop.is_set():
-            began = time.monotonic()
-            self.outcomes.append(self.target.request("GET", PATH, timeout=REQUEST_TIMEOUT))
-            self._stop.wait(max(0.0, began + self.interval - time.monotonic()))
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> list[Outcome]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(REQUEST_TIMEOUT + 5)
-        return sorted(self.outcomes, key=lambda outcome: outcome.started)
 
 
 @dataclass
@@ -227,14 +182,21 @@ def run_round(
     folder = Path(tempfile.mkdtemp(prefix=f"{variant.key}-", dir=cwd))
     old = AppProcess(package, cwd=folder, env=env)
     new: AppProcess | None = None
-    load: Load | None = None
+    load: SteadyLoad | None = None
     try:
         old.start(ready_timeout=READY_TIMEOUT)
         first_pid = health_pid(old) if variant.how == "restart" else None
         if variant.how == "restart" and not isinstance(first_pid, int):
             raise BenchError(f"{package}: GET /health has no pid, so no restart can be seen")
-        load = Load(old, clients=clients, interval=interval)
-        load.start()
+        load = SteadyLoad(
+            old,
+            clients=clients,
+            path=PATH,
+            interval=interval,
+            # first requests spread over one request's time, so they do not start together
+            stagger=LATENCY_MS / 1000 / clients,
+            timeout=REQUEST_TIMEOUT,
+        ).start()
         time.sleep(LEAD_SECONDS)
         event = time.monotonic()
         new_server: float | None = None
@@ -265,7 +227,7 @@ def run_round(
         assert new_server is not None
         end = max(event + AFTER_SECONDS, new_server + SETTLE_SECONDS)
         time.sleep(max(0.0, end - time.monotonic()))
-        outcomes = load.stop()
+        outcomes = [request.outcome for request in load.stop()]
         load = None
         if variant.how == "restart" and not old.alive:
             raise BenchError(f"{package} exited during its graceful restart")
@@ -281,7 +243,7 @@ def run_round(
             if app is not None:
                 app.kill()
     start = event - LEAD_SECONDS
-    kinds = [kind(outcome) for outcome in outcomes]
+    kinds = [outcome_kind(outcome) for outcome in outcomes]
     successes = [o.finished for o, k in zip(outcomes, kinds, strict=True) if k == COMPLETED]
     flying = [
         (o, k) for o, k in zip(outcomes, kinds, strict=True) if o.started <= event < o.finished
