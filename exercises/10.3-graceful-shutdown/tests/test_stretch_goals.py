@@ -238,23 +238,25 @@ def test_sighup_swaps_the_server_process_without_refusing_requests(launch_app) -
         fail("GET /health", expected='a JSON body with "pid"', observed=json.dumps(first))
     failures: list[str] = []
     sent = 0
+
+    def probe() -> object:
+        """GET /health on a new connection; the pid that answered (None on a failure)."""
+        nonlocal sent
+        outcome = app.request("GET", "/health", timeout=5)
+        sent += 1
+        time.sleep(0.05)
+        if outcome.status != 200:
+            failures.append(outcome.describe())
+            return None
+        return (json_of(outcome) or {}).get("pid")
+
     app.send_signal(signal.SIGHUP)
     deadline, new_pid = time.monotonic() + 15, None
     while time.monotonic() < deadline and new_pid is None:
-        outcome = app.request("GET", "/health", timeout=5)
-        sent += 1
-        body = json_of(outcome) or {}
-        if outcome.status != 200:
-            failures.append(outcome.describe())
-        elif body.get("pid") not in (None, first["pid"]):
-            new_pid = body["pid"]
-        time.sleep(0.05)
+        pid = probe()
+        new_pid = pid if pid not in (None, first["pid"]) else None
     for _ in range(20):  # the old process is going away: keep asking a little longer
-        outcome = app.request("GET", "/health", timeout=5)
-        sent += 1
-        if outcome.status != 200:
-            failures.append(outcome.describe())
-        time.sleep(0.05)
+        probe()
     action = "SIGHUP, with GET /health on a new connection every 50 ms"
     if new_pid is None or failures or not app.alive:
         fail(
