@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds the children of one run get, together, between SIGINT and SIGKILL.
 STOP_TIMEOUT = 5.0
+# The latency percentiles kept from wrk's --latency report.
+WRK_PERCENTILES = ("p50", "p75", "p90", "p99")
 
 
 def say(message: str) -> None:
@@ -231,3 +234,60 @@ def print_load(load_before: list[float] | None, load_after: list[float] | None) 
         f" the end, on {cpus} CPUs"
         + (": other work shared the CPUs, read the figures with care" if busy else "")
     )
+
+
+# --- wrk --------------------------------------------------------------------------------------
+
+# wrk's report, e.g. "  4304 requests in 3.01s, 1.35MB read", "Requests/sec:   1432.00",
+# "     50%  516.00us" (under --latency), "Socket errors: connect 0, read 0, write 0, timeout 0".
+WRK_RPS = re.compile(r"^Requests/sec:\s*([0-9.]+)\s*$", re.MULTILINE)
+WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h),", re.MULTILINE)
+WRK_PERCENTILE = re.compile(r"^\s*(\d+)(?:\.0+)?%\s+([0-9.]+)(us|ms|s|m|h)\s*$", re.MULTILINE)
+WRK_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+)
+WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+WRK_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
+
+
+@dataclass
+class WrkReport:
+    requests: int
+    seconds: float
+    rps: float
+    socket_errors: int  # connect, read, write, timeout
+    non_2xx: int  # responses counted in `requests`, but not a success
+    latency_ms: dict[str, float]
+
+
+def parse_wrk(output: str) -> WrkReport:
+    """Requests/sec, the request count and run time, errors and latency percentiles."""
+    rps, total = WRK_RPS.search(output), WRK_TOTAL.search(output)
+    if rps is None or total is None:
+        raise ValueError("no 'Requests/sec' or 'N requests in T' line")
+    sockets, non_2xx = WRK_SOCKET_ERRORS.search(output), WRK_NON_2XX.search(output)
+    latency = {
+        f"p{p}": round(float(value) * WRK_UNIT_MS[unit], 3)
+        for p, value, unit in WRK_PERCENTILE.findall(output)
+        if f"p{p}" in WRK_PERCENTILES
+    }
+    return WrkReport(
+        requests=int(total.group(1)),
+        seconds=float(total.group(2)) * WRK_UNIT_MS[total.group(3)] / 1e3,
+        rps=float(rps.group(1)),
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        latency_ms=latency,
+    )
+
+
+def wrk_version(path: str) -> str:
+    """E.g. "wrk debian/4.1.0-3+b2 [epoll]" (wrk -v prints it, then its usage, and exits 1)."""
+    try:
+        done = subprocess.run(
+            [path, "-v"], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "wrk"
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return re.sub(r"\s+Copyright.*$", "", first[0]) if first else "wrk"
