@@ -1,4 +1,5 @@
-"""Real servers for the checks: the shared Redis, and Redis servers a check starts itself.
+"""Real servers for the checks: the shared Redis, Redis servers a check starts itself, and
+a fresh database on the shared PostgreSQL.
 
 No mocks: a check of "falls back when Redis is down" stops a real redis-server. A server
 started here stays in the child pytest's process group, so even a run the grader has to
@@ -14,12 +15,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def require(condition: bool, reason: str) -> None:
@@ -147,3 +150,74 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server the checks use (GRADE_POSTGRES_URL), as a URL of a database
+    there whose user may create and drop databases."""
+    url = os.environ.get("GRADE_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    # psycopg wants the plain scheme; the SQLAlchemy form is accepted for convenience.
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def without_password(url: str) -> str:
+    """The URL with its password masked: for messages, which end up in reports."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def postgres_problem(url: str, timeout_seconds: int = 2) -> str | None:
+    """Why no usable PostgreSQL answers at `url` (refused, no such user...), or None."""
+    import psycopg  # here, not at the top: see fresh_postgres_database
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=timeout_seconds):
+            return None
+    except psycopg.Error as exc:
+        message = str(exc).strip()
+        return message.splitlines()[0] if message else type(exc).__name__
+
+
+@contextmanager
+def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+    """Create an empty database `grade_<random hex>` on the server of `admin_url` (whose
+    user may create databases); yield its URL; drop it at the end.
+
+    The drop uses `WITH (FORCE)` (PostgreSQL 13+): it ends the sessions still connected,
+    so that no `grade_...` database outlives its check, even when an app still runs.
+    """
+    # Imported here: only the checks that need PostgreSQL pay for loading the driver.
+    import psycopg
+    from psycopg import sql
+
+    name = f"grade_{uuid.uuid4().hex[:16]}"
+    database = sql.Identifier(name)
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(database))
+    try:
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(database))
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database on the PostgreSQL at GRADE_POSTGRES_URL (default
+    127.0.0.1:5432, user postgres), dropped after the check whatever still uses it."""
+    admin_url = postgres_admin_url()
+    problem = postgres_problem(admin_url)
+    require(
+        problem is None,
+        f"no PostgreSQL answers at {without_password(admin_url)} ({problem}): start one"
+        " (`docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`)"
+        " or point GRADE_POSTGRES_URL at yours",
+    )
+    with fresh_postgres_database(admin_url) as url:
+        yield url

@@ -1,5 +1,6 @@
 """Real servers for the checks: Redis that is missing is a skip with a how-to, or under
-CI=true a failure; the grader's own redis-server really stops and starts."""
+CI=true a failure; the grader's own redis-server really stops and starts; a check's
+PostgreSQL database is its own, and gone after it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from grader import grade
-from grader._services import RedisServer, free_port, ping, require
+from grader._services import (
+    RedisServer,
+    free_port,
+    fresh_postgres_database,
+    ping,
+    postgres_admin_url,
+    postgres_problem,
+    require,
+    without_password,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +78,27 @@ def test_without_redis_under_ci_the_redis_goals_fail(
     for criterion in result.criteria:
         assert criterion.status == "failed", criterion
         assert "CI=true" in (criterion.message or "")
+
+
+def test_a_fresh_postgres_database_is_dropped_even_while_in_use() -> None:
+    import psycopg
+
+    admin_url = postgres_admin_url()
+    problem = postgres_problem(admin_url)
+    require(problem is None, f"no PostgreSQL at {without_password(admin_url)}: {problem}")
+    with fresh_postgres_database(admin_url) as url:
+        name = url.rsplit("/", 1)[-1]
+        assert name.startswith("grade_")
+        # An app that never closed its connection: the drop must not wait for it.
+        left_open = psycopg.connect(url, autocommit=True)
+        assert left_open.execute("SELECT current_database()").fetchone() == (name,)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        assert found.fetchone() is None
+    left_open.close()
+
+
+def test_without_postgres_the_problem_is_said_and_the_password_is_not() -> None:
+    url = f"postgresql://grader:s3cret@127.0.0.1:{free_port()}/postgres"
+    assert "refused" in (postgres_problem(url) or "").lower()
+    assert without_password(url) == url.replace("s3cret", "***")

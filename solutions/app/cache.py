@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache_backends import CacheBackend, CachedResponse
-from .sessions import SessionStore
+from .sessions import SessionBackend, SessionStoreUnavailableError
 
 LIST_TAG = "users:list"
 
@@ -193,7 +193,7 @@ class ResponseCacheMiddleware:
         *,
         cache: CacheBackend,
         stats: CacheStats,
-        sessions: SessionStore,
+        sessions: SessionBackend,
         list_ttl: float,
         item_ttl: float,
         registry: CollectorRegistry,
@@ -247,7 +247,12 @@ class ResponseCacheMiddleware:
         stays cheap (a signature, or a session in Redis) when the user store is a database.
         """
         token = _bearer_token(scope)
-        user_id = await self.sessions.get_user_id(token) if token else None
+        try:
+            user_id = await self.sessions.get_user_id(token) if token else None
+        except SessionStoreUnavailableError:
+            # Not cached, and not answered here: the route asks the session store again
+            # and answers 503 itself, like every other route that needs a session.
+            return None
         if user_id is None:
             return None
         # Tagged like GET /users/{id}: a PUT or DELETE of the user drops this entry too.

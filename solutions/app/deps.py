@@ -19,9 +19,9 @@ from .cache_backends import CacheBackend
 from .jobs import JobQueue
 from .metrics import Metrics
 from .models import UserRecord
-from .sessions import SessionStore
+from .sessions import SessionBackend
 from .settings import Settings
-from .store import UserStore
+from .store import UserRepository
 
 # auto_error=False: we raise our own 401 below, with a clearer message. The scheme still
 # gives the OpenAPI docs their "Authorize" button.
@@ -36,11 +36,11 @@ async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def get_store(request: Request) -> UserStore:
+async def get_store(request: Request) -> UserRepository:
     return request.app.state.store
 
 
-async def get_sessions(request: Request) -> SessionStore:
+async def get_sessions(request: Request) -> SessionBackend:
     return request.app.state.sessions
 
 
@@ -60,8 +60,8 @@ async def get_jobs(request: Request) -> JobQueue:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-StoreDep = Annotated[UserStore, Depends(get_store)]
-SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+StoreDep = Annotated[UserRepository, Depends(get_store)]
+SessionsDep = Annotated[SessionBackend, Depends(get_sessions)]
 CacheDep = Annotated[CacheBackend | None, Depends(get_cache)]
 CacheStatsDep = Annotated[CacheStats, Depends(get_cache_stats)]
 JobsDep = Annotated[JobQueue, Depends(get_jobs)]

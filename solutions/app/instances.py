@@ -18,6 +18,10 @@ takes the key over when it registers, and later writes and the final delete only
 it still owns, so the old server, draining, cannot mark the new one draining or delete it.
 
 With ``INSTANCE_REGISTRY=none`` an instance knows only itself (``LocalInstanceRegistry``).
+
+Every response also names the instance that gave it, in an ``X-Instance-Id`` header
+(``InstanceIdMiddleware``, exercise 10.4): behind a load balancer, that is how a client, a
+test or a person with curl sees the requests spread, and which instance answered wrongly.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +226,33 @@ class RedisInstanceRegistry:
             logger.warning("instance registry reachable again")
         else:
             logger.warning("instance registry unreachable, serving on: %s", error)
+
+
+INSTANCE_ID_HEADER = b"x-instance-id"
+
+
+class InstanceIdMiddleware:
+    """Add ``X-Instance-Id: <instance name>`` to every HTTP response.
+
+    A plain ASGI middleware, outside the response cache, so that cache hits carry it too
+    (and name the instance that served the hit, not the one that cached it). The header is
+    encoded once, here: per response it costs one list append.
+    """
+
+    def __init__(self, app: ASGIApp, instance_id: str) -> None:
+        self.app = app
+        self.header = (INSTANCE_ID_HEADER, instance_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = self.header
+
+        async def send_with_instance_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # A new message and list: the ones received may be shared (a cache hit's).
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_instance_id)

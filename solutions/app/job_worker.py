@@ -39,6 +39,7 @@ from .job_registry import utcnow
 from .jobs import JobQueue, build_job_queue
 from .metrics import Metrics
 from .settings import Settings
+from .store import build_database
 
 logger = logging.getLogger(__name__)
 
@@ -286,24 +287,39 @@ async def job_worker(queue: JobQueue) -> AsyncIterator[InProcessWorker | None]:
 
 
 def run_standalone_worker(settings: Settings) -> None:
-    """``python -m solutions.app worker``: run jobs from JOBS_DB_PATH until a signal."""
-    queue = build_job_queue(settings, Metrics())  # no /metrics here: nobody would scrape it
-    logger.warning(
-        "the users live in each process's memory (store.py): welcome emails for users "
-        "created by an API process find no user here until the store is shared (10.4)"
-    )
+    """``python -m solutions.app worker``: run jobs from JOBS_DB_PATH until a signal.
+
+    With DATABASE_URL it reads the users from the database the API writes them to; with
+    memory storage it has users of its own (none), which the warning below says.
+    """
+    database = build_database(settings)
+    # No /metrics here: nobody would scrape it.
+    queue = build_job_queue(settings, Metrics(), database=database)
+    if database is None:
+        logger.warning(
+            "the users live in each process's memory (store.py): welcome emails for users "
+            "created by an API process find no user here until the store is shared (10.4)"
+        )
     try:
-        # A private event loop, in a thread, for the jobs' store calls.
+        # A private event loop, in a thread, for the jobs' store calls; the database's
+        # connections belong to that loop, so it is opened and closed there too.
         with start_blocking_portal() as portal:
+            if database is not None:
+                portal.call(database.open)
             queue.services.portal = portal
-            consumer = JobConsumer(queue)
-            logger.info(
-                "jobs worker process started pid=%d threads=%d db=%s",
-                os.getpid(),
-                settings.jobs_workers,
-                settings.jobs_db_path,
-            )
-            consumer.run()  # returns after SIGTERM or SIGINT
+            try:
+                consumer = JobConsumer(queue)
+                logger.info(
+                    "jobs worker process started pid=%d threads=%d db=%s storage=%s",
+                    os.getpid(),
+                    settings.jobs_workers,
+                    settings.jobs_db_path,
+                    settings.storage,  # not DATABASE_URL: it may hold a password
+                )
+                consumer.run()  # returns after SIGTERM or SIGINT
+            finally:
+                if database is not None:
+                    portal.call(database.aclose)
     finally:
         queue.close()
     logger.info("jobs worker process stopped")

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from anyio.from_thread import BlockingPortal
 from huey import CancelExecution, Huey, SqliteHuey
@@ -33,7 +33,10 @@ from .email_service import EmailService, build_email_service
 from .job_registry import JobRecord, JobRegistry, Priority, utcnow
 from .metrics import Metrics
 from .settings import Settings
-from .store import UserStore
+from .store import UserRepository, build_user_store
+
+if TYPE_CHECKING:
+    from .store_sql import Database
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class JobServices:
     thread would use an async database pool.
     """
 
-    store: UserStore
+    store: UserRepository
     email: EmailService
     settings: Settings
     portal: BlockingPortal | None = None
@@ -380,16 +383,20 @@ class JobQueue:
         logger.warning("job failed id=%s name=%s error=%r", task.id, task.name, error)
 
 
-def build_job_queue(settings: Settings, metrics: Metrics) -> JobQueue:
+def build_job_queue(
+    settings: Settings, metrics: Metrics, *, database: "Database | None" = None
+) -> JobQueue:
     """The queue of one app or worker process, with its own store view and email service.
 
-    The jobs get their own ``UserStore`` instance (same data, see ``store.py``) whose
-    round trips count in ``job_store_operations_total``, apart from the requests'.
+    The jobs get their own store instance (same data: the process's memory, or
+    ``database``, the app's own, whose connection pool they share) whose round trips count
+    in ``job_store_operations_total``, apart from the requests'.
     """
-    store = UserStore(
-        metrics=metrics,
-        latency_ms=settings.store_latency_ms,
-        counter=metrics.job_store_operations,
+    if database is None and settings.database_url:
+        # Else the jobs would quietly look for the users in memory, and find none.
+        raise ValueError("DATABASE_URL is set: pass the process's Database (build_database)")
+    store = build_user_store(
+        settings, metrics, database=database, counter=metrics.job_store_operations
     )
     services = JobServices(store=store, email=build_email_service(settings), settings=settings)
     return JobQueue(settings, services=services)

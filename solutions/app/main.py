@@ -4,7 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -12,7 +12,12 @@ from fastapi.responses import JSONResponse
 from .cache import CacheStats, ResponseCacheMiddleware, warm_cache
 from .cache_backends import CacheBackend, MemoryCache
 from .cache_redis import RedisCache
-from .instances import InstanceRegistry, LocalInstanceRegistry, RedisInstanceRegistry
+from .instances import (
+    InstanceIdMiddleware,
+    InstanceRegistry,
+    LocalInstanceRegistry,
+    RedisInstanceRegistry,
+)
 from .job_worker import job_worker
 from .jobs import JobQueue, build_job_queue
 from .logs import LOG_FORMAT, configure_logging
@@ -20,10 +25,15 @@ from .metrics import Metrics, RequestMetricsMiddleware
 from .notifications import WebhookNotifier
 from .routers import admin, auth, cache_admin, health, jobs, users
 from .seed import seed_demo_users
-from .sessions import SessionStore
+from .sessions import SessionBackend, SessionStore, SessionStoreUnavailableError
+from .sessions_redis import RedisSessionStore
 from .settings import DEFAULT_ADMIN_TOKEN, Settings
 from .shutdown import ShutdownCoordinator, ShutdownMiddleware
-from .store import UserStore
+from .store import build_database, build_user_store
+
+if TYPE_CHECKING:
+    # Only for the annotation: SQLAlchemy loads only when DATABASE_URL is set (store.py).
+    from .store_sql import Database
 
 __all__ = ["LOG_FORMAT", "configure_logging", "create_app", "lifespan"]
 
@@ -44,16 +54,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     shutdown: ShutdownCoordinator = app.state.shutdown
     logger.info(
         "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s "
-        "cache_backend=%s jobs_worker=%s",
+        "cache_backend=%s jobs_worker=%s storage=%s session_backend=%s instance=%s",
         settings.app_name,
         settings.store_latency_ms,
         settings.seed_demo_users,
         settings.cache_enabled,
         settings.cache_backend,  # not REDIS_URL: it may hold a password
         settings.jobs_worker,
+        settings.storage,  # not DATABASE_URL, for the same reason
+        settings.session_backend,
+        settings.instance_name,
     )
     if settings.admin_token == DEFAULT_ADMIN_TOKEN:
         logger.warning("ADMIN_TOKEN is the public default; set it before exposing this server")
+    database: Database | None = app.state.database
+    if database is not None:
+        # First: seeding, warming and every request read the users.
+        await database.open()
     if settings.seed_demo_users:
         created = await seed_demo_users(app.state.store)
         logger.info("seeded %d demo users", created)
@@ -82,6 +99,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     job_queue.close()
     if cache is not None:
         await cache.aclose()
+    sessions: SessionBackend = app.state.sessions
+    await sessions.aclose()
+    if database is not None:
+        await database.aclose()
     await instances.aclose()  # last: replicas see this instance draining until the end
     shutdown.log_phase("resources closed")
     if not shutdown.has_server:  # else the server completes, after its own last words
@@ -91,10 +112,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """Answer an unhandled exception with a JSON 500 and no traceback.
 
-    The exception is still re-raised afterwards, so the server logs its traceback.
+    The exception is still re-raised afterwards, so the server logs its traceback. Starlette
+    sends this answer from outside every middleware, so it adds the instance header itself.
     """
     return JSONResponse(
-        {"detail": "Internal Server Error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
+        {"detail": "Internal Server Error"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        headers={"X-Instance-Id": request.app.state.settings.instance_name},
+    )
+
+
+async def session_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Answer 503 when the shared session store (Redis) cannot be reached.
+
+    Logged by the store, once per outage: a traceback per request would say nothing more.
+    """
+    return JSONResponse(
+        {"detail": "session store unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
     )
 
 
@@ -102,8 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app from ``settings`` (default: read from the environment).
 
     Safe to call many times in one process: each app gets its own metrics registry, store,
-    session and job queue objects. The user and session DATA behind those objects is
-    shared, though; see ``store.py``.
+    session and job queue objects. With the default settings the user and session DATA
+    behind those objects is shared, though (see ``store.py``); with DATABASE_URL and
+    SESSION_BACKEND=redis it lives in the database and Redis, for every process.
     """
     if settings is None:
         settings = Settings()
@@ -118,11 +153,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.instances = build_instance_registry(settings, shutdown)
     app.state.metrics = metrics
     app.state.registry = metrics.registry
-    app.state.store = UserStore(metrics=metrics, latency_ms=settings.store_latency_ms)
-    app.state.sessions = SessionStore(ttl_seconds=settings.session_ttl_seconds)
+    # None with memory storage; else one connection pool for the app and its jobs.
+    app.state.database = database = build_database(settings)
+    app.state.store = build_user_store(settings, metrics, database=database)
+    app.state.sessions = build_session_store(settings)
     # Its own huey instance per app: apps built in one process share no queue object
     # (they share the queue's file if they share JOBS_DB_PATH, as processes do).
-    app.state.jobs = build_job_queue(settings, metrics)
+    app.state.jobs = build_job_queue(settings, metrics, database=database)
 
     app.state.cache = None  # no backend at all with CACHE_ENABLED=false
     app.state.cache_stats = CacheStats()  # stays at zero then
@@ -139,9 +176,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=metrics.registry,
         )
     app.add_middleware(RequestMetricsMiddleware, requests_total=metrics.http_requests)
-    # Outermost: it sees every response, and every request that a shutdown cuts off.
     app.add_middleware(ShutdownMiddleware, coordinator=shutdown)
+    # Outermost: every response names its instance, cache hits and errors included.
+    app.add_middleware(InstanceIdMiddleware, instance_id=settings.instance_name)
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(SessionStoreUnavailableError, session_store_unavailable)
     for module in (health, users, auth, admin, cache_admin, jobs):
         app.include_router(module.router)
     return app
@@ -187,6 +226,18 @@ def build_instance_registry(settings: Settings, shutdown: ShutdownCoordinator) -
         shutdown.add_hook("instance-registry", registry.publish)
         return registry
     return LocalInstanceRegistry(settings.instance_name, state)
+
+
+def build_session_store(settings: Settings) -> SessionBackend:
+    """The session store ``SESSION_BACKEND`` names; the Redis one connects lazily."""
+    if settings.session_backend == "redis":
+        return RedisSessionStore.from_url(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            ttl_seconds=settings.session_ttl_seconds,
+            timeout=settings.redis_socket_timeout_seconds,
+        )
+    return SessionStore(ttl_seconds=settings.session_ttl_seconds)
 
 
 def build_cache_backend(settings: Settings) -> CacheBackend:

@@ -1,16 +1,46 @@
-"""Login sessions, kept in process memory.
+"""Login sessions: the interface every session store offers, and the in-memory store.
 
-Deliberate flaw, kept for exercise 10.4: the sessions live in a CLASS attribute, i.e. in the
-memory of one Python process. Behind a load balancer, a token issued by one instance is
-unknown to the others, so a logged-in user is randomly logged out; and a restart logs
-everyone out. Scaling out means moving sessions to a shared store (Redis, a database) or to
-self-contained signed tokens.
+Deliberate flaw, kept for exercise 10.4: the sessions of ``SessionStore`` live in a CLASS
+attribute, i.e. in the memory of one Python process. Behind a load balancer, a token issued
+by one instance is unknown to the others, so a logged-in user is randomly logged out; and a
+restart logs everyone out. Scaling out means moving sessions to a shared store (Redis, a
+database) or to self-contained signed tokens. The fix of exercise 10.4 is the first:
+``SESSION_BACKEND=redis`` puts them in Redis (``sessions_redis.py``) behind the same
+interface, ``SessionBackend``; memory stays the default.
 """
 
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+from typing import ClassVar, Protocol
+
+
+class SessionStoreUnavailableError(Exception):
+    """The shared session store cannot be reached; the app answers 503, not 500.
+
+    A 503 says "try again soon", which is true: the sessions are still there, only out of
+    reach, so nobody is told that their token is wrong.
+    """
+
+
+class SessionBackend(Protocol):
+    """What every session store offers. Any method may raise ``SessionStoreUnavailableError``."""
+
+    async def create(self, user_id: int) -> str:
+        """Start a session for ``user_id`` and return its token."""
+        ...
+
+    async def get_user_id(self, token: str) -> int | None:
+        """The user id behind ``token``, or ``None`` if unknown or expired."""
+        ...
+
+    async def revoke(self, token: str) -> bool:
+        """End the session; ``False`` if the token was unknown or already expired."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once, when the app stops."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +81,9 @@ class SessionStore:
         user_id = await self.get_user_id(token)
         self._sessions.pop(token, None)
         return user_id is not None
+
+    async def aclose(self) -> None:
+        """Nothing to release: the sessions live on in the process, for its other apps."""
 
     def _drop_expired(self, now: datetime) -> None:
         # Tokens that are never used again would otherwise pile up forever.

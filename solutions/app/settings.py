@@ -10,6 +10,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_ADMIN_TOKEN = "change-me-admin-token"
 # The levels that both logging and uvicorn understand.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# DATABASE_URL schemes (exercise 10.4) and the database each names. The plain forms pick
+# the asyncio driver the app uses (aiosqlite, psycopg 3); the explicit forms say so.
+Storage = Literal["memory", "sqlite", "postgresql"]
+DATABASE_SCHEMES: dict[str, Storage] = {
+    "sqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgresql+psycopg": "postgresql",
+}
 
 
 class Settings(BaseSettings):
@@ -21,7 +30,10 @@ class Settings(BaseSettings):
     ``Settings(store_latency_ms=50)``.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: a rejected value is not repeated in the error, because some
+    # settings hold secrets (DATABASE_URL and REDIS_URL may carry a password, ADMIN_TOKEN
+    # is one). Every validator below names what is wrong in its own message instead.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     host: str = Field(
         default="127.0.0.1",
@@ -94,7 +106,8 @@ class Settings(BaseSettings):
         description=(
             "How long one Redis call may take (connect, or wait for an answer) before the "
             "cache gives up and the request goes to the store: a cache that waits seconds "
-            "for a dead server is slower than no cache."
+            "for a dead server is slower than no cache. Redis sessions (SESSION_BACKEND=redis) "
+            "give up as soon, and answer 503."
         ),
     )
     cache_compression_min_bytes: int = Field(
@@ -217,6 +230,36 @@ class Settings(BaseSettings):
         description="Start of the instance registry's Redis keys.",
     )
 
+    # Exercise 10.4: horizontal scaling.
+    database_url: str = Field(
+        default="",
+        description=(
+            "Where the users live. Empty: in this process's memory, lost at exit and unseen "
+            "by any other instance. sqlite:///path/users.sqlite3: a file that the processes "
+            "of one host share. postgresql://user:password@host:5432/db: a server that "
+            "instances on any host share."
+        ),
+    )
+    session_backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description=(
+            "Where login sessions live: this process (memory), or Redis at REDIS_URL, so that "
+            "a token issued by one instance is honoured by all and a logout ends it everywhere."
+        ),
+    )
+    redis_key_prefix: str = Field(
+        default="users-api:",
+        min_length=1,
+        description="Start of the Redis keys of the 10.4 features (sessions).",
+    )
+
+    @property
+    def storage(self) -> Storage:
+        """The kind of user storage DATABASE_URL names; for logs, which never show the URL."""
+        if not self.database_url:
+            return "memory"
+        return DATABASE_SCHEMES[_scheme(self.database_url)]
+
     @property
     def instance_name(self) -> str:
         """``INSTANCE_ID``, or ``<hostname>-<pid>`` of the process that asks."""
@@ -244,6 +287,26 @@ class Settings(BaseSettings):
             raise ValueError(f"the shutdown webhook must be an http(s) URL, not {value!r}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        # Fail at startup rather than at the first request. The messages name the scheme
+        # only: the rest of the URL may hold a password.
+        if not value:
+            return value
+        scheme = _scheme(value)
+        if scheme not in DATABASE_SCHEMES:
+            known = ", ".join(f"{name}://" for name in DATABASE_SCHEMES)
+            found = f"{scheme}://" if scheme else "a value without a scheme"
+            raise ValueError(f"DATABASE_URL must start with one of {known}, not {found}")
+        path = value.partition("://")[2].removeprefix("/")
+        if DATABASE_SCHEMES[scheme] == "sqlite" and path in ("", ":memory:"):
+            raise ValueError(
+                "DATABASE_URL names an in-memory SQLite database, which no other process "
+                "sees: give a file (sqlite:///path/users.sqlite3), or leave it empty"
+            )
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -252,6 +315,12 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
         return level
+
+
+def _scheme(url: str) -> str:
+    """``postgresql+psycopg`` from ``postgresql+psycopg://...``; ``""`` without ``://``."""
+    scheme, separator, _ = url.partition("://")
+    return scheme.lower() if separator else ""
 
 
 def _comma_separated(value: str) -> list[str]:

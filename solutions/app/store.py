@@ -1,25 +1,35 @@
-"""In-memory user storage, standing in for a database.
+"""User storage: the interface every store offers, and the in-memory store.
 
-Deliberate flaw, kept for exercise 10.4: the users and the id counter live in CLASS
-attributes, i.e. in the memory of one Python process. Every app object in that process
-shares them, which feels like a database, but a second instance of the API (another uvicorn
-worker, container or machine) has its own empty copy: a user created through one instance
-is a 404 on the next. Scaling out means moving this state into a real shared store.
-The same goes for a job worker running as its own process (``python -m solutions.app
-worker``, exercise 10.2): it cannot see the users of the API process.
+Deliberate flaw, kept for exercise 10.4: the users and the id counter of ``UserStore`` live
+in CLASS attributes, i.e. in the memory of one Python process. Every app object in that
+process shares them, which feels like a database, but a second instance of the API (another
+uvicorn worker, container or machine) has its own empty copy: a user created through one
+instance is a 404 on the next. The same goes for a job worker running as its own process
+(``python -m solutions.app worker``, exercise 10.2): it cannot see the users of the API.
+
+The fix of exercise 10.4 is the repository pattern: routes, jobs and the seeding code use
+the ``UserRepository`` interface, and ``DATABASE_URL`` picks what stands behind it. Empty
+(the default, which the 10.1-10.3 checks rely on): ``UserStore``, in memory. A SQLite or
+PostgreSQL URL: ``SqlUserStore`` (``store_sql.py``), which every instance shares.
 """
+
+from __future__ import annotations
 
 import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from prometheus_client import Counter
 
 from .metrics import Metrics, StoreOperation
 from .models import UserRecord
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .store_sql import Database
 
 
 class EmailTakenError(Exception):
@@ -30,21 +40,56 @@ class UserNotFoundError(Exception):
     """No user with this id, or the user is soft-deleted."""
 
 
-class UserStore:
-    """Async CRUD over the process-wide list of users.
+class UserRepository(Protocol):
+    """What every user store offers; routes, jobs and the seeding code know only this.
 
-    An instance only holds what differs between apps (its metrics and simulated latency);
-    the data is shared. Each public method counts one store operation and sleeps
-    ``latency_ms`` once, like one round trip to a database server. No route calls more than
-    one of them, so the metric counts exactly the requests that reach the store.
-
-    Methods hand out copies of the records, as a database driver would: a caller that
-    mutates or caches a record cannot change what the store holds.
+    Each method is one round trip to the storage, and counts one store operation. Records
+    come back as copies: a caller that changes one changes nothing stored. Deleted users are
+    invisible to every method but ``list_all(include_deleted=True)`` and ``purge_deleted``.
     """
 
-    _users: ClassVar[list[UserRecord]] = []
-    # itertools.count is read via the class, so ids stay unique across all instances.
-    _ids: ClassVar[Iterator[int]] = itertools.count(1)
+    async def list_users(self) -> list[UserRecord]:
+        """Users that are not deleted, by id."""
+        ...
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        """The user with this id, or ``None`` if missing or deleted."""
+        ...
+
+    async def get_by_email(self, email: str) -> UserRecord | None:
+        """The user with this email (case-insensitive), or ``None`` if missing or deleted."""
+        ...
+
+    async def create_user(self, *, email: str, name: str, password_hash: str) -> UserRecord:
+        """Add a user with a new id; raises ``EmailTakenError``."""
+        ...
+
+    async def update_user(
+        self, user_id: int, *, email: str, name: str, password_hash: str | None = None
+    ) -> UserRecord:
+        """Replace email and name, and the password hash if given.
+
+        Raises ``UserNotFoundError`` or ``EmailTakenError``.
+        """
+        ...
+
+    async def soft_delete_user(self, user_id: int) -> None:
+        """Mark the user deleted; raises ``UserNotFoundError`` if missing or already deleted."""
+        ...
+
+    async def list_all(self, *, include_deleted: bool) -> list[UserRecord]:
+        """All users by id, soft-deleted ones too if ``include_deleted``."""
+        ...
+
+    async def purge_deleted(self, *, deleted_before: datetime) -> int:
+        """Remove for good the users soft-deleted before ``deleted_before``; return how many."""
+        ...
+
+
+class CountedStore:
+    """What every store does on each call: count one operation, and wait the simulated
+    latency once, like one round trip to a database server. No route calls more than one
+    store method, so the metric counts exactly the requests that reach the store."""
 
     def __init__(
         self, *, metrics: Metrics, latency_ms: float = 0, counter: Counter | None = None
@@ -53,6 +98,25 @@ class UserStore:
         # the background jobs' instance passes metrics.job_store_operations (exercise 10.2).
         self._operations = counter if counter is not None else metrics.store_operations
         self._latency_seconds = latency_ms / 1000
+
+    async def _round_trip(self, operation: StoreOperation) -> None:
+        self._operations.labels(operation=operation).inc()
+        await asyncio.sleep(self._latency_seconds)
+
+
+class UserStore(CountedStore):
+    """Async CRUD over the process-wide list of users (a ``UserRepository``).
+
+    An instance only holds what differs between apps (its metrics and simulated latency);
+    the data is shared.
+
+    Methods hand out copies of the records, as a database driver would: a caller that
+    mutates or caches a record cannot change what the store holds.
+    """
+
+    _users: ClassVar[list[UserRecord]] = []
+    # itertools.count is read via the class, so ids stay unique across all instances.
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
 
     async def list_users(self) -> list[UserRecord]:
         """Users that are not deleted, by id."""
@@ -145,10 +209,6 @@ class UserStore:
         self._users[:] = kept
         return purged
 
-    async def _round_trip(self, operation: StoreOperation) -> None:
-        self._operations.labels(operation=operation).inc()
-        await asyncio.sleep(self._latency_seconds)
-
     def _find_active(self, user_id: int) -> UserRecord | None:
         return next(
             (u for u in self._users if u.id == user_id and u.deleted_at is None),
@@ -161,3 +221,36 @@ class UserStore:
             (u for u in self._users if u.email.casefold() == wanted and u.deleted_at is None),
             None,
         )
+
+
+def build_database(settings: Settings) -> Database | None:
+    """The database DATABASE_URL names, not connected yet; ``None`` for memory storage.
+
+    One per app or worker process: the store of its requests and that of its jobs share it
+    (and its connection pool). Whoever builds it opens it (``await database.open()``) first,
+    and closes it (``await database.aclose()``) at the end.
+    """
+    if not settings.database_url:
+        return None
+    # Imported here, not at the top: SQLAlchemy takes a fifth of a second to import, which
+    # memory storage (the default, and every app the 10.1-10.3 checks start) need not pay.
+    from .store_sql import Database
+
+    return Database.from_url(settings.database_url)
+
+
+def build_user_store(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    database: Database | None,
+    counter: Counter | None = None,
+) -> UserRepository:
+    """A store on ``database``, or in memory if it is ``None``; see ``CountedStore``."""
+    if database is None:
+        return UserStore(metrics=metrics, latency_ms=settings.store_latency_ms, counter=counter)
+    from .store_sql import SqlUserStore
+
+    return SqlUserStore(
+        database, metrics=metrics, latency_ms=settings.store_latency_ms, counter=counter
+    )

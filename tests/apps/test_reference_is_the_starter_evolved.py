@@ -14,17 +14,32 @@ ROOT = Path(__file__).resolve().parents[2]
 EVOLVED = {
     "__init__.py": "names the package as the reference solution; 10.3: imports lazily",
     "__main__.py": "10.2: `python -m solutions.app worker`; 10.3: serving under the supervisor",
-    "cache.py": "10.1, new: the response cache middleware, single flight, warming",
+    "cache.py": (
+        "10.1, new: the response cache middleware, single flight, warming; "
+        "10.4: leaves a session store outage to the route's 503"
+    ),
     "cache_backends.py": "10.1, new: the backend interface, entry codec and memory backend",
     "cache_redis.py": "10.1 stretch, new: the Redis backend",
-    "deps.py": "10.1 stretch: cache backend and statistics as dependencies; 10.2: the job queue",
+    "deps.py": (
+        "10.1 stretch: cache backend and statistics as dependencies; 10.2: the job queue; "
+        "10.4: typed by the store and session interfaces"
+    ),
     "email_service.py": "10.2, new: the EmailService protocol and its logging mock",
-    "instances.py": "10.3 stretch, new: the instance registry (replica coordination)",
+    "instances.py": (
+        "10.3 stretch, new: the instance registry (replica coordination); "
+        "10.4: the X-Instance-Id middleware"
+    ),
     "job_registry.py": "10.2, new: job records, batches and alerts; 10.3: worker heartbeats",
-    "job_worker.py": "10.2, new: huey's consumer, the recurring cleanup; 10.3: lease, stop",
-    "jobs.py": "10.2, new: the jobs, and the per-app huey queue that records them",
+    "job_worker.py": (
+        "10.2, new: huey's consumer, the recurring cleanup; 10.3: lease, stop; "
+        "10.4: the worker process opens DATABASE_URL"
+    ),
+    "jobs.py": "10.2, new: the jobs, and the per-app huey queue; 10.4: the jobs' store",
     "logs.py": "10.3, new: logging set-up out of main.py (the supervisor loads no FastAPI)",
-    "main.py": "10.1: cache middleware and warming; 10.2: jobs; 10.3: the shutdown phases",
+    "main.py": (
+        "10.1: cache middleware and warming; 10.2: jobs; 10.3: the shutdown phases; "
+        "10.4: storage, sessions and instance header chosen by settings"
+    ),
     "metrics.py": "10.2: the purge operation, and job_store_operations_total for jobs",
     "notifications.py": "10.3 stretch, new: the shutdown webhook",
     "routers/admin.py": "10.3: POST /admin/shutdown; stretch: GET /admin/instances",
@@ -32,10 +47,20 @@ EVOLVED = {
     "routers/health.py": "10.1 stretch: /health reports the cache; 10.3: pid, live, ready",
     "routers/jobs.py": "10.2, new: the jobs JSON API and dashboard",
     "routers/users.py": "10.2: POST /users enqueues the welcome email",
+    "seed.py": "10.4: instances seeding one database together",
     "server.py": "10.3, new: uvicorn's Server told of the shutdown when the signal arrives",
-    "settings.py": "10.1: CACHE_* and REDIS_URL; 10.2: jobs and email; 10.3: SHUTDOWN_* etc.",
+    "sessions.py": "10.4: the SessionBackend interface and the 503 error of a shared store",
+    "sessions_redis.py": "10.4, new: sessions in Redis (SESSION_BACKEND=redis)",
+    "settings.py": (
+        "10.1: CACHE_* and REDIS_URL; 10.2: jobs and email; 10.3: SHUTDOWN_* etc.; "
+        "10.4: DATABASE_URL, SESSION_BACKEND, REDIS_KEY_PREFIX"
+    ),
     "shutdown.py": "10.3, new: the shutdown coordinator (phases, budget, log) and middleware",
-    "store.py": "10.2: purge_deleted for the cleanup job; the counter of the jobs' store",
+    "store.py": (
+        "10.2: purge_deleted for the cleanup job; the counter of the jobs' store; "
+        "10.4: the UserRepository interface and the store chosen by DATABASE_URL"
+    ),
+    "store_sql.py": "10.4, new: the users in SQLite or PostgreSQL (DATABASE_URL)",
     "supervisor.py": "10.3 stretch, new: the supervisor process for graceful restarts",
 }
 
