@@ -170,6 +170,9 @@ class AppProcess:
     a log file in `cwd`, so that nothing blocks on a full pipe and the log survives it.
     """
 
+    #: The first word of its log file's name (`app-<port>-<n>.log`).
+    log_prefix = "app"
+
     def __init__(
         self,
         package: str,
@@ -222,6 +225,12 @@ class AppProcess:
         contract = f"HOST={HOST} PORT={self.port}"
         return f"{settings} {contract} python -m {self.package}".strip()
 
+    def argv(self) -> list[str]:
+        """What `start()` runs. A subclass runs another server this way (the load balancer
+        of `grader._cluster`), so that it gets the same readiness check, log file and
+        kill guarantees without a second copy of them."""
+        return [sys.executable, "-m", self.package]
+
     def start(self, *, ready_timeout: float = 30.0) -> AppProcess:
         """Spawn the server and wait until `GET /health` answers 200.
 
@@ -231,7 +240,7 @@ class AppProcess:
         if self._popen is not None:
             raise RuntimeError("an AppProcess starts once: make a new one (port=...) to restart")
         self.cwd.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.cwd / f"app-{self.port}-{next(_LOG_NUMBERS)}.log"
+        self.log_path = self.cwd / f"{self.log_prefix}-{self.port}-{next(_LOG_NUMBERS)}.log"
         env = {
             **os.environ,
             **self.env,
@@ -242,7 +251,7 @@ class AppProcess:
         # The child keeps its own copy of the log's descriptor; ours can close at once.
         with self.log_path.open("wb") as log:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", self.package],
+                self.argv(),
                 cwd=self.cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -1,14 +1,19 @@
 """The `grade` command: a thin layer over the `grader` API.
 
 Exit codes: 0 every required criterion passes (or the command succeeded), 1 some required
-criterion fails (or `grade check` found problems), 2 a usage or grader error.
+criterion fails (or `grade check` found problems, or `grade cluster` could not start the
+app), 2 a usage or grader error (a balancer port in use, say).
 Heavy imports (rich, the runner) wait until a command needs them, so `grade --help` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,13 +30,27 @@ Grade a Module 10 exercise against your app, criterion by criterion.
   grade 10.1 --solution    grade the reference solution
   grade list               list the exercises and their criteria
   grade check              lint the course (for course authors)
+  grade cluster            run the app as 3 instances behind a load balancer (10.4)
 """
+
+CLUSTER_DESCRIPTION = """\
+Run the app as N instances behind a round-robin load balancer, until Ctrl-C.
+
+Each instance is `python -m PKG` on a free loopback port with INSTANCE_ID=instance-<i>;
+the balancer is nginx where it is installed (or at GRADE_NGINX), else the grader's
+built-in proxy. Every process is stopped when you press Ctrl-C (or send SIGTERM).
+
+  grade cluster                          ./starter_app, 3 instances, balancer on :8080
+  grade cluster --solution -n 2 --port 9000
+  grade cluster --env STORE_LATENCY_MS=20 --env REDIS_URL=redis://127.0.0.1:6379/0
+"""
+ENV_ITEM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def _grade_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grade",
-        usage="grade EXERCISE [options] | grade list | grade check",
+        usage="grade EXERCISE [options] | grade list | grade check | grade cluster [options]",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,6 +104,57 @@ def _simple_parser(command: str, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _cluster_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grade cluster",
+        description=CLUSTER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--app", metavar="PKG", help="app package to run (default: starter_app)")
+    which.add_argument("--solution", action="store_true", help="run the reference solution")
+    parser.add_argument(
+        "--app-path", metavar="DIR", help="folder the app package is imported from (default: .)"
+    )
+    parser.add_argument(
+        "-n", "--instances", type=int, default=3, metavar="N", help="how many instances (3)"
+    )
+    parser.add_argument("--port", type=int, default=8080, help="the balancer's port (8080)")
+    parser.add_argument(
+        "--balancer",
+        choices=("auto", "nginx", "builtin"),
+        default="auto",
+        help="auto (default): nginx where installed, else the built-in proxy",
+    )
+    parser.add_argument(
+        "--env",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="a setting for every instance (repeatable)",
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="the instances' working folder, where the logs go (default: a new temporary one)",
+    )
+    return parser
+
+
+def _parse_cluster(args: list[str]) -> argparse.Namespace:
+    parser = _cluster_parser()
+    parsed = parser.parse_args(args)
+    if not 1 <= parsed.instances <= 64:
+        parser.error(f"-n/--instances must be between 1 and 64, not {parsed.instances}")
+    if not 1 <= parsed.port <= 65535:
+        parser.error(f"--port must be between 1 and 65535, not {parsed.port}")
+    for item in parsed.env:
+        if not ENV_ITEM.match(item):
+            parser.error(f"--env {item!r}: expected KEY=VALUE, e.g. --env STORE_LATENCY_MS=20")
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -96,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args and args[0] == "check":
             return _check(_simple_parser("check", "Lint the course.").parse_args(args[1:]))
+        if args and args[0] == "cluster":
+            return _cluster(_parse_cluster(args[1:]))
         if not args:
             _grade_parser().print_usage(sys.stderr)
             print(
@@ -149,6 +221,61 @@ def _grade(args: argparse.Namespace) -> int:
 
         Console(highlight=False).print(checklist(result, report_path=report_path))
     return 0 if result.passed else 1
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Start the cluster, say where everything is, and keep it up until interrupted."""
+    import signal
+
+    from ._api import DEFAULT_APP, SOLUTION_APP
+    from ._cluster import Cluster
+    from ._errors import AppProblem
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops it as Ctrl-C does: through the cleanup
+
+    package = SOLUTION_APP if args.solution else (args.app or DEFAULT_APP)
+    app_path = Path(args.app_path or ".").resolve()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="grade-cluster-")).resolve()
+    settings = dict(item.split("=", 1) for item in args.env)
+    # The instances run in `workdir`, so the package is found through PYTHONPATH.
+    path = os.pathsep.join(filter(None, [str(app_path), os.environ.get("PYTHONPATH")]))
+    cluster = Cluster(
+        package,
+        cwd=workdir,
+        n=args.instances,
+        env={"PYTHONPATH": path, **settings},
+        balancer=args.balancer,
+        port=args.port,
+    )
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        print(f"grade cluster: starting {args.instances} instance(s) of {package}...", flush=True)
+        cluster.start()
+        print(cluster.describe())
+        print(f"Load balancer: {cluster.base_url} (responses say who served in X-Instance-Id)")
+        print(f"Working folder: {workdir}")
+        print("Press Ctrl-C to stop everything.", flush=True)
+        while True:
+            time.sleep(0.5)
+            for line in cluster.exits():
+                print(f"grade cluster: {line}", flush=True)
+            front = cluster.balancer_process
+            if front is not None and not front.alive:
+                print("grade cluster: the balancer is gone; stopping", file=sys.stderr)
+                return 1
+    except AppProblem as exc:
+        print(f"grade cluster: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cluster.kill()
+    print("grade cluster: stopped; the balancer and every instance are gone", flush=True)
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

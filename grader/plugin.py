@@ -8,6 +8,8 @@ It gives the graded suites their vocabulary and keeps the learner's app at arm's
 - the `launch_app` fixture, which runs the app as a real server process instead
   (`python -m <package>`, for checks that need signals and exit codes) and kills its whole
   process group when the check ends;
+- the `launch_cluster` fixture, which runs it as several such processes behind a load
+  balancer (exercise 10.4) and kills them all, and the balancer, when the check ends;
 - a learner-facing message for every failed or skipped test, attached to the JSON report
   (pytest-json-report metadata) and streamed to a progress file, so that a run the
   parent had to kill still tells which checks finished.
@@ -21,19 +23,21 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ._client import AppClient
-from ._errors import AppProblem
+from ._cluster import Cluster
+from ._errors import AppProblem, GraderError
 from ._process import AppProcess
-from ._services import redis_server, shared_redis
+from ._services import postgres_database, redis_server, shared_redis
 from .testing import Api
 
-__all__ = ["redis_server", "shared_redis"]  # fixtures, registered by being here
+# Fixtures, registered by being here.
+__all__ = ["postgres_database", "redis_server", "shared_redis"]
 
 # Checks of admin endpoints need the token; the grader chooses it (contract: ADMIN_TOKEN).
 ADMIN_TOKEN = "grader-admin-token"
@@ -129,7 +133,7 @@ def learner_message(excinfo: pytest.ExceptionInfo[BaseException] | None) -> str 
     if excinfo is None:
         return None
     exc = excinfo.value
-    if isinstance(exc, AppProblem):
+    if isinstance(exc, AppProblem | GraderError):  # the balancer of a cluster, say
         return str(exc)
     if isinstance(exc, pytest.fail.Exception | pytest.skip.Exception):
         return str(exc.msg)
@@ -313,6 +317,14 @@ def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
 
 
+def _env(settings: Mapping[str, object]) -> dict[str, str]:
+    """Settings as environment variables: values through str(), booleans as true/false."""
+    return {
+        name: ("true" if value else "false") if isinstance(value, bool) else str(value)
+        for name, value in settings.items()
+    }
+
+
 @pytest.fixture
 def launch_app(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -339,11 +351,7 @@ def launch_app(
         **settings: object,
     ) -> AppProcess:
         settings.setdefault("ADMIN_TOKEN", ADMIN_TOKEN)
-        env = {
-            name: ("true" if value else "false") if isinstance(value, bool) else str(value)
-            for name, value in settings.items()
-        }
-        app = AppProcess(package, cwd=tmp_path, env=env, port=port)
+        app = AppProcess(package, cwd=tmp_path, env=_env(settings), port=port)
         launched.append(app)
         return app.start(ready_timeout=ready_timeout) if start else app
 
@@ -352,3 +360,52 @@ def launch_app(
     finally:
         for app in launched:
             app.kill()  # never raises, so every one is reached
+
+
+@pytest.fixture
+def launch_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., Cluster]]:
+    """`launch_cluster(3, STORE_LATENCY_MS=20)`: the app under test as `n` server
+    processes behind a round-robin load balancer (exercise 10.4), started and ready
+    (`GET /health` through the balancer answered 200). Each instance answers as
+    `INSTANCE_ID=instance-<i>`; `cluster.request(...)` goes through the balancer.
+
+    Settings as for `launch_app` (ADMIN_TOKEN defaults to the grader's, booleans as
+    "true"/"false"), shared by every instance; `instance_env=lambda i: {...}` adds
+    settings of one instance. `balancer=` is "auto" (nginx where installed, else the
+    built-in proxy), "nginx" or "builtin"; `start=False` returns it unstarted;
+    `ready_timeout=` bounds each start. The instances share tmp_path as working folder.
+    Every cluster started here is killed, balancer and instances with their whole process
+    groups, at teardown, whether the check passed or not.
+    """
+    package = request.config.stash[_STATE].app_package
+    launched: list[Cluster] = []
+
+    def launch(
+        n: int = 3,
+        *,
+        balancer: str = "auto",
+        instance_env: Callable[[int], Mapping[str, object]] | None = None,
+        start: bool = True,
+        ready_timeout: float = 30.0,
+        **settings: object,
+    ) -> Cluster:
+        settings.setdefault("ADMIN_TOKEN", ADMIN_TOKEN)
+        per_instance = None if instance_env is None else (lambda i: _env(instance_env(i)))
+        cluster = Cluster(
+            package,
+            cwd=tmp_path,
+            n=n,
+            env=_env(settings),
+            instance_env=per_instance,
+            balancer=balancer,
+        )
+        launched.append(cluster)
+        return cluster.start(ready_timeout=ready_timeout) if start else cluster
+
+    try:
+        yield launch
+    finally:
+        for cluster in launched:
+            cluster.kill()  # never raises, so every one is reached
