@@ -35,6 +35,7 @@ EVOLVED = {
         "10.4: the worker process opens DATABASE_URL"
     ),
     "jobs.py": "10.2, new: the jobs, and the per-app huey queue; 10.4: the jobs' store",
+    "locks.py": "10.4 stretch, new: a Redis lock and the recurring-job gate (one run per interval)",
     "logs.py": "10.3, new: logging set-up out of main.py (the supervisor loads no FastAPI)",
     "main.py": (
         "10.1: cache middleware and warming; 10.2: jobs; 10.3: the shutdown phases; "
@@ -42,6 +43,7 @@ EVOLVED = {
     ),
     "metrics.py": "10.2: the purge operation, and job_store_operations_total for jobs",
     "notifications.py": "10.3 stretch, new: the shutdown webhook",
+    "ratelimit.py": "10.4 stretch, new: rate limiting shared by every instance (memory or Redis)",
     "routers/admin.py": "10.3: POST /admin/shutdown; stretch: GET /admin/instances",
     "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
     "routers/health.py": "10.1 stretch: /health reports the cache; 10.3: pid, live, ready",
@@ -62,6 +64,7 @@ EVOLVED = {
     ),
     "store_sql.py": "10.4, new: the users in SQLite or PostgreSQL (DATABASE_URL)",
     "supervisor.py": "10.3 stretch, new: the supervisor process for graceful restarts",
+    "tracing.py": "10.4 stretch, new: request ids and traceparent in responses, logs and jobs",
 }
 
 
