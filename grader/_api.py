@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ._catalog import Course, load_course
@@ -23,6 +23,7 @@ def grade(
     course: Course | None = None,
     timeout: float | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    app_env: Mapping[str, str] | None = None,
 ) -> GradeResult:
     """Grade one exercise against an app package and return the results.
 
@@ -31,7 +32,9 @@ def grade(
     folder) in a child process, so nothing the app does can break the caller.
     `criteria` limits the run to those criterion ids (default: all of the exercise's).
     `timeout` bounds the whole run (default: the exercise's `timeout_seconds`, 180 unless
-    its checks start servers), `request_timeout` each request to the app.
+    its checks start servers), `request_timeout` each request to the app. `app_env` holds
+    settings for the app in every check (`{"DATABASE_URL": ...}`: grade the app as it
+    runs on PostgreSQL); a check that sets one of them itself wins.
     """
     from ._runner import grade_exercise
 
@@ -45,6 +48,7 @@ def grade(
         timeout=timeout,
         request_timeout=request_timeout,
         criteria=tuple(criteria),
+        app_env=dict(app_env or {}),
     )
 
 

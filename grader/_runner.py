@@ -119,8 +119,11 @@ def child_command(
     ]
 
 
-def child_env(app_path: Path) -> dict[str, str]:
+def child_env(app_path: Path, app_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The grader's environment without the contract's variables, plus `app_env`: settings
+    asked for explicitly (`grade --env`), which every check's app inherits."""
     env = {k: v for k, v in os.environ.items() if k not in CONTRACT_ENV}
+    env.update(app_env or {})
     # The learner's app package is found from the folder grade was run in (or --app-path).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(app_path), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -135,6 +138,7 @@ def run_child(
     timeout: float,
     request_timeout: float,
     criteria: tuple[str, ...] = (),
+    app_env: dict[str, str] | None = None,
 ) -> ChildRun:
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         workdir = Path(tmp)
@@ -150,7 +154,7 @@ def run_child(
             process = subprocess.Popen(
                 command,
                 cwd=workdir,
-                env=child_env(app_path),
+                env=child_env(app_path, app_env),
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -339,6 +343,7 @@ def grade_exercise(
     timeout: float | None,
     request_timeout: float,
     criteria: tuple[str, ...] = (),
+    app_env: dict[str, str] | None = None,
 ) -> GradeResult:
     """Grade `exercise_key`; `timeout=None` takes the exercise's own bound."""
     exercise = course.find(exercise_key)
@@ -356,6 +361,7 @@ def grade_exercise(
         timeout=timeout,
         request_timeout=request_timeout,
         criteria=criteria,
+        app_env=app_env,
     )
     return build_result(
         exercise, app=app, run=run, timeout=timeout, started_at=started_at, criteria=criteria

@@ -68,6 +68,15 @@ def _grade_parser() -> argparse.ArgumentParser:
         default=[],
         help="grade only this criterion (repeatable; see `grade list`)",
     )
+    parser.add_argument(
+        "--env",
+        metavar="KEY=VALUE",
+        action="extend",
+        nargs="+",
+        default=[],
+        help="a setting for the app in every check, unless the check sets it itself "
+        "(repeatable), e.g. --env DATABASE_URL=postgresql://...",
+    )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument(
         "--report-dir",
@@ -149,10 +158,14 @@ def _parse_cluster(args: list[str]) -> argparse.Namespace:
         parser.error(f"-n/--instances must be between 1 and 64, not {parsed.instances}")
     if not 1 <= parsed.port <= 65535:
         parser.error(f"--port must be between 1 and 65535, not {parsed.port}")
-    for item in parsed.env:
+    _check_env_items(parser, parsed.env)
+    return parsed
+
+
+def _check_env_items(parser: argparse.ArgumentParser, items: list[str]) -> None:
+    for item in items:
         if not ENV_ITEM.match(item):
             parser.error(f"--env {item!r}: expected KEY=VALUE, e.g. --env STORE_LATENCY_MS=20")
-    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(parsed, name)
             if value is not None and value <= 0:
                 parser.error(f"--{name.replace('_', '-')} must be a number of seconds > 0")
+        _check_env_items(parser, parsed.env)
         return _grade(parsed)
     except GraderError as exc:
         print(f"grade: error: {exc}", file=sys.stderr)
@@ -208,6 +222,7 @@ def _grade(args: argparse.Namespace) -> int:
         course=_course(args),
         timeout=args.timeout,
         request_timeout=args.request_timeout,
+        app_env=dict(item.split("=", 1) for item in args.env),
     )
     report_path = None if args.no_report else save_report(result, args.report_dir)
     if args.format == "json":

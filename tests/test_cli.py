@@ -90,3 +90,19 @@ def test_a_bound_that_is_not_positive_is_a_usage_error(option: str, tmp_path: Pa
     assert done.returncode == 2
     assert f"{option} must be a number of seconds > 0" in done.stderr
     assert not (tmp_path / ".grade").exists()
+
+
+def test_an_env_item_without_a_value_is_a_usage_error(tmp_path: Path) -> None:
+    done = run("10.1", "--env", "DATABASE_URL", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--env 'DATABASE_URL': expected KEY=VALUE" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / ".grade").exists()
+
+
+def test_env_settings_reach_the_app_in_every_check(tmp_path: Path, root: Path) -> None:
+    """A setting the app rejects at startup, given with --env, fails every check with the
+    app's own error: proof that it reached create_app()."""
+    args = ["--solution", "--criterion", "ttl", "--no-report", "--app-path", str(root)]
+    done = run("10.1", *args, "--env", "DATABASE_URL=mysql://elsewhere", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "The app did not start" in done.stdout and "ValidationError" in done.stdout

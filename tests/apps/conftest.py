@@ -10,10 +10,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-# The grader's fixtures of real servers (a fresh PostgreSQL database, the shared Redis
-# under a prefix of the test's own, a redis-server to stop), registered by being here.
-from grader._services import postgres_database, redis_server, shared_redis  # noqa: F401
-
 from .helpers import ADMIN_TOKEN, ClientFactory
 
 APP_PACKAGES = ("starter_app", "solutions.app")
