@@ -10,6 +10,10 @@ job enqueued before a restart still runs after it, and every process that opens 
   every job to the ``JobRegistry`` and keeps the record current through huey's
   pre-execute hook and signals (started, failed, succeeded, skipped).
 
+Every job carries the request id of the request that enqueued it (exercise 10.4, tracing:
+``tracing.py``), as a second argument of the huey task, and runs under it, so that its log
+lines (the welcome email's, and started, failed, succeeded) carry that id too.
+
 Running the jobs (worker threads, the scheduler, the recurring cleanup) is
 ``job_worker.py``'s part.
 """
@@ -34,6 +38,7 @@ from .job_registry import JobRecord, JobRegistry, Priority, utcnow
 from .metrics import Metrics
 from .settings import Settings
 from .store import UserRepository, build_user_store
+from .tracing import bound_request_id, current_request_id
 
 if TYPE_CHECKING:
     from .store_sql import Database
@@ -212,8 +217,11 @@ class JobQueue:
     def _register(self, name: str, job: JobDefinition) -> TaskWrapper:
         services = self.services
 
-        def run(args: dict[str, Any]) -> None:
-            job.function(services, job.args_model.model_validate(args))
+        def run(args: dict[str, Any], request_id: str | None = None) -> None:
+            # request_id: None for a job no request enqueued (the recurring cleanup), and
+            # for one enqueued before jobs carried it (a queue file from 10.2).
+            with bound_request_id(request_id):
+                job.function(services, job.args_model.model_validate(args))
 
         # Registered as "<this module>.<name>": a worker process finds the same task by
         # that name in its own huey instance.
@@ -259,9 +267,13 @@ class JobQueue:
         # The records first: a worker may take the job the moment it is in the queue, and
         # its first step is to mark the record running.
         self.registry.add(records)
+        # The id of the request enqueueing (a contextvar: Starlette copies it into the
+        # thread that runs this), for the job's log lines; None outside a request.
+        request_id = current_request_id()
         for index, record in enumerate(records):
             task = self._tasks[record.name].s(
                 record.args,
+                request_id,
                 id=record.id,  # one id for the record and the huey task: revoke needs it
                 eta=record.run_at,
                 priority=PRIORITIES[record.priority],
@@ -326,7 +338,8 @@ class JobQueue:
         # cancel that raced with the worker is caught (see JobRegistry.start_attempt).
         if not self.registry.start_attempt(task.id, utcnow(), worker=self.worker_id):
             raise CancelExecution(retry=False)
-        logger.info("job started id=%s name=%s", task.id, task.name)
+        with bound_request_id(request_id_of(task)):
+            logger.info("job started id=%s name=%s", task.id, task.name)
 
     def _on_error(self, signal: str, task: Task, exc: BaseException) -> None:
         now = utcnow()
@@ -341,14 +354,15 @@ class JobQueue:
             outcome = f"retry in {task.retry_delay:g} s ({task.retries} left)"
         else:
             outcome = "no retry left: failed, moved to the dead-letter queue"
-        logger.warning(
-            "job failed id=%s name=%s attempt=%s error=%r; %s",
-            task.id,
-            task.name,
-            attempt,
-            error,
-            outcome,
-        )
+        with bound_request_id(request_id_of(task)):
+            logger.warning(
+                "job failed id=%s name=%s attempt=%s error=%r; %s",
+                task.id,
+                task.name,
+                attempt,
+                error,
+                outcome,
+            )
         alert = self.registry.note_failed_attempt(
             now,
             threshold=self.settings.job_alert_threshold,
@@ -363,7 +377,8 @@ class JobQueue:
 
     def _on_complete(self, signal: str, task: Task) -> None:
         self.registry.succeeded(task.id, utcnow())
-        logger.info("job succeeded id=%s name=%s", task.id, task.name)
+        with bound_request_id(request_id_of(task)):
+            logger.info("job succeeded id=%s name=%s", task.id, task.name)
 
     def _on_revoked(self, signal: str, task: Task) -> None:
         # Cancelled while queued; the record already says so.
@@ -380,7 +395,15 @@ class JobQueue:
         # is not retried blindly; it waits in the dead-letter queue for someone to decide.
         error = "interrupted: the worker stopped while the job ran"
         self.registry.attempt_failed(task.id, error=error, at=utcnow(), retry_at=None)
-        logger.warning("job failed id=%s name=%s error=%r", task.id, task.name, error)
+        with bound_request_id(request_id_of(task)):
+            logger.warning("job failed id=%s name=%s error=%r", task.id, task.name, error)
+
+
+def request_id_of(task: Task) -> str | None:
+    """The request id a job carries (its task's second argument), or None."""
+    args = task.args or ()
+    value = args[1] if len(args) > 1 else None
+    return value if isinstance(value, str) else None
 
 
 def build_job_queue(

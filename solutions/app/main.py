@@ -23,6 +23,7 @@ from .jobs import JobQueue, build_job_queue
 from .logs import LOG_FORMAT, configure_logging
 from .metrics import Metrics, RequestMetricsMiddleware
 from .notifications import WebhookNotifier
+from .ratelimit import MemoryRateLimiter, RateLimiter, RateLimitMiddleware, RedisRateLimiter
 from .routers import admin, auth, cache_admin, health, jobs, users
 from .seed import seed_demo_users
 from .sessions import SessionBackend, SessionStore, SessionStoreUnavailableError
@@ -30,6 +31,7 @@ from .sessions_redis import RedisSessionStore
 from .settings import DEFAULT_ADMIN_TOKEN, Settings
 from .shutdown import ShutdownCoordinator, ShutdownMiddleware
 from .store import build_database, build_user_store
+from .tracing import RequestIdMiddleware
 
 if TYPE_CHECKING:
     # Only for the annotation: SQLAlchemy loads only when DATABASE_URL is set (store.py).
@@ -54,7 +56,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     shutdown: ShutdownCoordinator = app.state.shutdown
     logger.info(
         "startup app_name=%r store_latency_ms=%s seed_demo_users=%s cache_enabled=%s "
-        "cache_backend=%s jobs_worker=%s storage=%s session_backend=%s instance=%s",
+        "cache_backend=%s jobs_worker=%s storage=%s session_backend=%s instance=%s "
+        "rate_limit_backend=%s cleanup_lock=%s",
         settings.app_name,
         settings.store_latency_ms,
         settings.seed_demo_users,
@@ -64,6 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.storage,  # not DATABASE_URL, for the same reason
         settings.session_backend,
         settings.instance_name,
+        settings.rate_limit_backend,
+        settings.cleanup_lock,
     )
     if settings.admin_token == DEFAULT_ADMIN_TOKEN:
         logger.warning("ADMIN_TOKEN is the public default; set it before exposing this server")
@@ -101,6 +106,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await cache.aclose()
     sessions: SessionBackend = app.state.sessions
     await sessions.aclose()
+    limiter: RateLimiter | None = app.state.rate_limiter
+    if limiter is not None:
+        await limiter.aclose()
     if database is not None:
         await database.aclose()
     await instances.aclose()  # last: replicas see this instance draining until the end
@@ -113,12 +121,17 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """Answer an unhandled exception with a JSON 500 and no traceback.
 
     The exception is still re-raised afterwards, so the server logs its traceback. Starlette
-    sends this answer from outside every middleware, so it adds the instance header itself.
+    sends this answer from outside every middleware, so it adds the instance header itself,
+    and the request id, which RequestIdMiddleware left in the request's state.
     """
+    headers = {"X-Instance-Id": request.app.state.settings.instance_name}
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        headers["X-Request-Id"] = request_id
     return JSONResponse(
         {"detail": "Internal Server Error"},
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        headers={"X-Instance-Id": request.app.state.settings.instance_name},
+        headers=headers,
     )
 
 
@@ -159,7 +172,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = build_session_store(settings)
     # Its own huey instance per app: apps built in one process share no queue object
     # (they share the queue's file if they share JOBS_DB_PATH, as processes do).
-    app.state.jobs = build_job_queue(settings, metrics, database=database)
+    app.state.jobs = job_queue = build_job_queue(settings, metrics, database=database)
+    # Read at each scrape: the jobs waiting for a worker, an autoscaler's signal (10.4).
+    metrics.watch_job_queue(lambda: job_queue.registry.status_counts()["queued"])
+    app.state.rate_limiter = limiter = build_rate_limiter(settings)
 
     app.state.cache = None  # no backend at all with CACHE_ENABLED=false
     app.state.cache_stats = CacheStats()  # stays at zero then
@@ -175,7 +191,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             item_ttl=settings.cache_item_ttl_seconds,
             registry=metrics.registry,
         )
-    app.add_middleware(RequestMetricsMiddleware, requests_total=metrics.http_requests)
+    if limiter is not None:
+        # Outside the cache (a hit costs a client its budget too), inside the metrics (429s
+        # are counted) and the request id (429s carry one). /health and /metrics are never
+        # limited: load balancers and Prometheus poll them.
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=limiter,
+            trust_forwarded_for=settings.rate_limit_trust_forwarded_for,
+        )
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        requests_total=metrics.http_requests,
+        in_flight=metrics.in_flight,
+    )
+    # Outside every middleware that logs, so that their lines carry the request's id.
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ShutdownMiddleware, coordinator=shutdown)
     # Outermost: every response names its instance, cache hits and errors included.
     app.add_middleware(InstanceIdMiddleware, instance_id=settings.instance_name)
@@ -238,6 +269,21 @@ def build_session_store(settings: Settings) -> SessionBackend:
             timeout=settings.redis_socket_timeout_seconds,
         )
     return SessionStore(ttl_seconds=settings.session_ttl_seconds)
+
+
+def build_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The limiter ``RATE_LIMIT_BACKEND`` names, or None; the Redis one connects lazily."""
+    if settings.rate_limit_backend == "redis":
+        return RedisRateLimiter.from_url(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            limit=settings.rate_limit_requests,
+            window_seconds=settings.rate_limit_window_seconds,
+            timeout=settings.redis_socket_timeout_seconds,
+        )
+    if settings.rate_limit_backend == "memory":
+        return MemoryRateLimiter(settings.rate_limit_requests, settings.rate_limit_window_seconds)
+    return None
 
 
 def build_cache_backend(settings: Settings) -> CacheBackend:

@@ -137,6 +137,9 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        # The app writes its own access line, with the request id (tracing.py): uvicorn's
+        # would be a second line per request without it.
+        access_log=False,
         # What uvicorn waits when it stops without the app's shutdown (it is replaced by
         # the time left of the budget when the app's shutdown drives it).
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,

@@ -250,7 +250,48 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(
         default="users-api:",
         min_length=1,
-        description="Start of the Redis keys of the 10.4 features (sessions).",
+        description=(
+            "Start of the Redis keys of the 10.4 features: sessions, the cleanup lock, "
+            "rate-limit counters."
+        ),
+    )
+    # Exercise 10.4, stretch goals.
+    rate_limit_backend: Literal["none", "memory", "redis"] = Field(
+        default="none",
+        description=(
+            "none: no rate limit; memory: each instance counts its clients alone (right for "
+            "one instance: N instances allow N times the limit); redis: every instance counts "
+            "in Redis at REDIS_URL, so the limit holds for the whole service."
+        ),
+    )
+    rate_limit_requests: int = Field(
+        default=100,
+        gt=0,
+        description=(
+            "Requests a client may make per window; the next ones get 429 with Retry-After. "
+            "/health and /metrics are never limited."
+        ),
+    )
+    rate_limit_window_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="The rate limit's window, counted from a client's first request in it.",
+    )
+    rate_limit_trust_forwarded_for: bool = Field(
+        default=False,
+        description=(
+            "Count a client by the first address of X-Forwarded-For rather than by the address "
+            "it connected from. Only behind a balancer that overwrites the header, with the "
+            "instances reachable through it alone: anyone can write that header."
+        ),
+    )
+    cleanup_lock: Literal["none", "redis"] = Field(
+        default="none",
+        description=(
+            "none: every worker enqueues the recurring cleanup on its own schedule; redis: "
+            "one instance per CLEANUP_INTERVAL_SECONDS runs it, the one that takes a lock in "
+            "Redis at REDIS_URL (it expires by itself: a dead holder blocks nobody)."
+        ),
     )
 
     @property

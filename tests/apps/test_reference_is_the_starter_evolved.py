@@ -32,21 +32,34 @@ EVOLVED = {
     "job_registry.py": "10.2, new: job records, batches and alerts; 10.3: worker heartbeats",
     "job_worker.py": (
         "10.2, new: huey's consumer, the recurring cleanup; 10.3: lease, stop; "
-        "10.4: the worker process opens DATABASE_URL"
+        "10.4: the worker process opens DATABASE_URL; stretch: the cleanup gate in Redis"
     ),
-    "jobs.py": "10.2, new: the jobs, and the per-app huey queue; 10.4: the jobs' store",
+    "jobs.py": (
+        "10.2, new: the jobs, and the per-app huey queue; 10.4: the jobs' store; "
+        "stretch: jobs carry the request id"
+    ),
     "locks.py": "10.4 stretch, new: a Redis lock and the recurring-job gate (one run per interval)",
-    "logs.py": "10.3, new: logging set-up out of main.py (the supervisor loads no FastAPI)",
+    "logs.py": (
+        "10.3, new: logging set-up out of main.py (the supervisor loads no FastAPI); "
+        "10.4 stretch: the request id on every line"
+    ),
     "main.py": (
         "10.1: cache middleware and warming; 10.2: jobs; 10.3: the shutdown phases; "
-        "10.4: storage, sessions and instance header chosen by settings"
+        "10.4: storage, sessions and instance header chosen by settings; stretch: rate "
+        "limiter, request ids, queue depth gauge"
     ),
-    "metrics.py": "10.2: the purge operation, and job_store_operations_total for jobs",
+    "metrics.py": (
+        "10.2: the purge operation, and job_store_operations_total for jobs; "
+        "10.4 stretch: the in-flight and queue depth gauges"
+    ),
     "notifications.py": "10.3 stretch, new: the shutdown webhook",
     "ratelimit.py": "10.4 stretch, new: rate limiting shared by every instance (memory or Redis)",
     "routers/admin.py": "10.3: POST /admin/shutdown; stretch: GET /admin/instances",
     "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
-    "routers/health.py": "10.1 stretch: /health reports the cache; 10.3: pid, live, ready",
+    "routers/health.py": (
+        "10.1 stretch: /health reports the cache; 10.3: pid, live, ready; "
+        "10.4 stretch: /metrics off the event loop"
+    ),
     "routers/jobs.py": "10.2, new: the jobs JSON API and dashboard",
     "routers/users.py": "10.2: POST /users enqueues the welcome email",
     "seed.py": "10.4: instances seeding one database together",
@@ -55,7 +68,8 @@ EVOLVED = {
     "sessions_redis.py": "10.4, new: sessions in Redis (SESSION_BACKEND=redis)",
     "settings.py": (
         "10.1: CACHE_* and REDIS_URL; 10.2: jobs and email; 10.3: SHUTDOWN_* etc.; "
-        "10.4: DATABASE_URL, SESSION_BACKEND, REDIS_KEY_PREFIX"
+        "10.4: DATABASE_URL, SESSION_BACKEND, REDIS_KEY_PREFIX; stretch: RATE_LIMIT_*, "
+        "CLEANUP_LOCK"
     ),
     "shutdown.py": "10.3, new: the shutdown coordinator (phases, budget, log) and middleware",
     "store.py": (

@@ -66,6 +66,10 @@ async def ready(shutdown: ShutdownDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(app_metrics: MetricsDep) -> Response:
-    """This app's Prometheus metrics in the text exposition format."""
+def metrics(app_metrics: MetricsDep) -> Response:
+    """This app's Prometheus metrics in the text exposition format.
+
+    A plain ``def``, run in the thread pool: ``jobs_queue_depth`` is read from the job
+    registry's SQLite file at each scrape, which must not block the event loop.
+    """
     return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)
