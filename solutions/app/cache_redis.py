@@ -33,8 +33,6 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -47,6 +45,7 @@ from .cache_backends import (
     encode_entry,
     is_compressed,
 )
+from .redis_clients import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +78,11 @@ class RedisCache:
         cls, url: str, *, prefix: str, compression_min_bytes: int, timeout: float
     ) -> RedisCache:
         """A backend on the server at ``url``; it connects lazily, on its first command."""
-        redis = Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # One immediate retry on a broken connection: after Redis restarts, the pool
-            # still holds connections to the old process, and the first command on each
-            # would fail. Timeouts are not retried: that would double the wait.
-            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        return cls(
+            async_redis(url, timeout=timeout),
+            prefix=prefix,
+            compression_min_bytes=compression_min_bytes,
         )
-        return cls(redis, prefix=prefix, compression_min_bytes=compression_min_bytes)
 
     # --- CacheBackend --------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .redis_clients import async_redis
+
 logger = logging.getLogger(__name__)
 
 InstanceState = Literal["serving", "draining"]
@@ -150,7 +152,7 @@ class RedisInstanceRegistry:
     ) -> RedisInstanceRegistry:
         # Short timeouts: a beat that waits seconds for a dead Redis delays nothing that
         # matters, but the draining update at the start of a shutdown would.
-        redis = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        redis = async_redis(url, timeout=timeout)
         return cls(redis, prefix=prefix, instance_id=instance_id, state=state)
 
     async def start(self) -> None:

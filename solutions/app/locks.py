@@ -36,11 +36,9 @@ from types import TracebackType
 
 import redis
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry as SyncRetry
+
+from .redis_clients import async_redis, sync_redis
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +62,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def _client(url: str, timeout: float) -> Redis:
-    return Redis.from_url(
-        url,
-        # Short: the scheduler must not hang on a dead Redis, and the fallback is cheap.
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        # As the cache (cache_redis.py): one immediate retry on a broken connection,
-        # which a Redis restart leaves in the pool; none on a timeout.
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-    )
 
 
 class RedisLock:
@@ -166,7 +152,10 @@ class RecurringRunGate(_GateState):
     ) -> RecurringRunGate:
         """A gate on the server at ``url``; it connects lazily, on its first question."""
         return cls(
-            _client(url, timeout), prefix=prefix, name=name, interval_seconds=interval_seconds
+            async_redis(url, timeout=timeout),
+            prefix=prefix,
+            name=name,
+            interval_seconds=interval_seconds,
         )
 
     async def should_run(self) -> bool:
@@ -203,12 +192,7 @@ class SyncRecurringRunGate(_GateState):
         cls, url: str, *, prefix: str, name: str, interval_seconds: float, timeout: float
     ) -> SyncRecurringRunGate:
         """A gate on the server at ``url``; it connects lazily, on its first question."""
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=SyncRetry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-        )
+        client = sync_redis(url, timeout=timeout)
         return cls(client, prefix=prefix, name=name, interval_seconds=interval_seconds)
 
     def should_run(self) -> bool:

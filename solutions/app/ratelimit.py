@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .redis_clients import async_redis
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +150,8 @@ class RedisRateLimiter:
         cls, url: str, *, prefix: str, limit: int, window_seconds: float, timeout: float
     ) -> RedisRateLimiter:
         """A limiter on the server at ``url``; it connects lazily, on its first request."""
-        redis = Redis.from_url(
-            url,
-            # Every request waits for this call: a dead Redis must cost a fraction of a
-            # second, not redis-py's default of retries with back-off.
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # As the cache (cache_redis.py): one immediate retry on a broken connection,
-            # which a Redis restart leaves in the pool; none on a timeout.
-            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-        )
+        # Every request waits for this call: the client's short timeouts matter here.
+        redis = async_redis(url, timeout=timeout)
         return cls(redis, prefix=prefix, limit=limit, window_seconds=window_seconds)
 
     def key(self, client: str) -> str:

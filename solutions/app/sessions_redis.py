@@ -21,11 +21,9 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from .redis_clients import async_redis
 from .sessions import SessionStoreUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -47,15 +45,7 @@ class RedisSessionStore:
         cls, url: str, *, prefix: str, ttl_seconds: int, timeout: float
     ) -> RedisSessionStore:
         """A store on the server at ``url``; it connects lazily, on its first command."""
-        redis = Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # As the cache (cache_redis.py): one immediate retry on a broken connection,
-            # which a Redis restart leaves in the pool; none on a timeout.
-            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-        )
-        return cls(redis, prefix=prefix, ttl_seconds=ttl_seconds)
+        return cls(async_redis(url, timeout=timeout), prefix=prefix, ttl_seconds=ttl_seconds)
 
     async def create(self, user_id: int) -> str:
         """Start a session for ``user_id`` and return its token."""

@@ -54,6 +54,7 @@ EVOLVED = {
     ),
     "notifications.py": "10.3 stretch, new: the shutdown webhook",
     "ratelimit.py": "10.4 stretch, new: rate limiting shared by every instance (memory or Redis)",
+    "redis_clients.py": "10.4, new: the one way every Redis feature connects (timeouts, retry)",
     "routers/admin.py": "10.3: POST /admin/shutdown; stretch: GET /admin/instances",
     "routers/cache_admin.py": "10.1 stretch, new: cache statistics and dashboard",
     "routers/health.py": (
