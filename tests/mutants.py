@@ -315,4 +315,122 @@ MUTANTS_10_3 = [
     ),
 ]  # fmt: skip
 
-MUTANTS = [*MUTANTS_10_1, *STRETCH_MUTANTS_10_1, *MUTANTS_10_2, *MUTANTS_10_3]
+MUTANTS_10_4 = [
+    mutant(
+        # No heading names the jobs any more: their analysis is gone from the document.
+        "10.4", "jobs-bottleneck-unnamed", "SCALING.md",
+        "### 3. Background jobs", "### 3. The queue",
+        "analysis-document",
+    ),
+    mutant(
+        "10.4", "shared-state-unlisted", "SCALING.md",
+        "## Shared state", "## Where things are",
+        "shared-state",
+    ),
+    mutant(
+        "10.4", "recommendations-unheaded", "SCALING.md",
+        "## Recommendations", "## Closing words",
+        "recommendations",
+    ),
+    mutant(
+        "10.4", "sticky-sessions-unexplained", "SCALING.md",
+        "## Alternatives to sticky sessions", "## Alternatives",
+        "sticky-alternatives",
+    ),
+    mutant(
+        "10.4", "capacity-unplanned", "SCALING.md",
+        "## Capacity planning", "## Sizing",
+        "capacity-planning",
+    ),
+    mutant(
+        "10.4", "autoscaling-unheaded", "SCALING.md",
+        "## Auto-scaling triggers", "## Scaling signals",
+        "autoscaling-triggers",
+    ),
+    mutant(
+        # DATABASE_URL read, then ignored: every instance keeps its own list again.
+        "10.4", "database-url-ignored", "store.py",
+        "    if database is None:\n        return UserStore(",
+        "    if True:\n        return UserStore(",
+        "shared-storage", "multiple-instances", "sessions", "sticky-alternatives",
+    ),
+    mutant(
+        "10.4", "emails-unique-per-instance", "store_sql.py",
+        "    unique=True,\n", "    unique=False,\n",
+        "shared-storage",
+    ),
+    mutant(
+        "10.4", "no-instance-header", "main.py",
+        "app.add_middleware(InstanceIdMiddleware, instance_id=settings.instance_name)", "pass",
+        "multiple-instances", "sticky-alternatives",
+    ),
+    mutant(
+        # CACHE_BACKEND=redis ignored: each instance caches in its own memory.
+        "10.4", "cache-per-instance", "main.py",
+        'if settings.cache_backend == "redis":', "if False:",
+        "multiple-instances",
+    ),
+    mutant(
+        "10.4", "sessions-per-instance", "main.py",
+        'if settings.session_backend == "redis":', "if False:",
+        "sessions", "sticky-alternatives",
+    ),
+    mutant(
+        # Registrations outlive a dead instance by a minute: it stays listed.
+        "10.4", "registrations-outlive-instances", "instances.py",
+        "TTL_SECONDS = 5.0", "TTL_SECONDS = 60.0",
+        "instance-coordination",
+    ),
+    mutant(
+        # Every instance enqueues the cleanup on its own schedule, as without a lock.
+        "10.4", "cleanup-gate-never-asked", "job_worker.py",
+        "if self.gate is not None and not self.gate.should_run():", "if False:",
+        "distributed-locking",
+    ),
+    mutant(
+        # A fixed leader instead of a lock: once it dies, nobody cleans up.
+        "10.4", "cleanup-pinned-to-one-instance", "job_worker.py",
+        "if self.gate is not None and not self.gate.should_run():",
+        'if self.queue.settings.instance_id != "instance-1":',
+        "distributed-locking",
+    ),
+    mutant(
+        # Each instance counts alone: three instances allow three times the limit.
+        "10.4", "rate-limit-counted-per-instance", "main.py",
+        """return RedisRateLimiter.from_url(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            limit=settings.rate_limit_requests,
+            window_seconds=settings.rate_limit_window_seconds,
+            timeout=settings.redis_socket_timeout_seconds,
+        )""",
+        "return MemoryRateLimiter(settings.rate_limit_requests, "
+        "settings.rate_limit_window_seconds)",
+        "rate-limiting",
+    ),
+    mutant(
+        # The job carries the id but runs outside it: its lines say request_id=-.
+        "10.4", "job-runs-without-the-request-id", "jobs.py",
+        "with bound_request_id(request_id):", "with bound_request_id(None):",
+        "tracing",
+    ),
+    mutant(
+        "10.4", "in-flight-never-counted-in", "metrics.py",
+        "in_flight.value += 1", "pass",
+        "autoscaling-triggers",
+    ),
+    mutant(
+        # The gauge reads the running jobs: with no worker, always 0.
+        "10.4", "queue-depth-counts-running-jobs", "main.py",
+        'status_counts()["queued"]', 'status_counts()["running"]',
+        "autoscaling-triggers",
+    ),
+]  # fmt: skip
+
+MUTANTS = [
+    *MUTANTS_10_1,
+    *STRETCH_MUTANTS_10_1,
+    *MUTANTS_10_2,
+    *MUTANTS_10_3,
+    *MUTANTS_10_4,
+]
