@@ -25,6 +25,17 @@ connections exist only there):
 - ``outcome_kind(outcome)``, ``count_kinds(requests)``: completed, refused or failed;
 - ``shutdown_lines(output)``: the contract's shutdown log lines found in a server's output;
 - ``process_group_runs(pgid)``: whether a server (or anything it started) still runs.
+
+For exercise 10.4, several such servers behind a load balancer:
+
+- ``cluster(package, n, **env)``: the grader's ``Cluster`` of ``n`` instances, killed with
+  its balancer when the block ends, its Redis keys deleted; ``started_clusters()``;
+- ``shared_settings()``: the settings that share state between instances (a database, Redis
+  with a prefix of its own), as the grader sets them; ``kernel_redis_prefix()``;
+- ``Transcript``: requests to named instances and their answers, shown as a table;
+  ``print_table(header, rows)``, ``short_answer(outcome)``, ``instance_name(app)``;
+- ``measure_throughput(url, seconds=...)``: requests per second under a short load (wrk,
+  else httpx), as ``Throughput``; ``load_tool()`` says which.
 """
 
 from __future__ import annotations
@@ -32,19 +43,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import io
+import itertools
+import json
 import logging
+import math
 import os
 import re
+import secrets
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -53,6 +81,7 @@ if TYPE_CHECKING:
     import redis
 
     from grader import GradeResult
+    from grader._cluster import Cluster
     from grader._process import AppProcess, Outcome
 
 T = TypeVar("T")
@@ -394,6 +423,20 @@ def _scratch_folder() -> Path:
     return Path(_SCRATCH.name)
 
 
+def _server_folder(package: str) -> Path:
+    """A new folder in the scratch folder, for one server's (or cluster's) files."""
+    prefix = f"{package.replace('.', '-')}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_folder()))
+
+
+def _server_env(settings: Mapping[str, object]) -> dict[str, str]:
+    """A server's environment: ``settings`` (``LOG_LEVEL`` ``INFO`` unless given) as strings,
+    and a ``PYTHONPATH`` that finds the app packages at the project root (yours too)."""
+    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    merged = {"LOG_LEVEL": "INFO", **settings}
+    return {"PYTHONPATH": python_path, **{k: _env_value(v) for k, v in merged.items()}}
+
+
 @contextlib.contextmanager
 def server_process(
     package: str, *, ready_timeout: float = 30.0, **env: object
@@ -411,17 +454,7 @@ def server_process(
     """
     from grader._process import AppProcess
 
-    folder = Path(tempfile.mkdtemp(prefix=f"{package.replace('.', '-')}-", dir=_scratch_folder()))
-    settings = {"LOG_LEVEL": "INFO", **env}
-    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    app = AppProcess(
-        package,
-        cwd=folder,
-        env={
-            "PYTHONPATH": python_path,  # your own package at the project root, too
-            **{name: _env_value(value) for name, value in settings.items()},
-        },
-    )
+    app = AppProcess(package, cwd=_server_folder(package), env=_server_env(env))
     _SERVERS.append(app)
     try:
         app.start(ready_timeout=ready_timeout)
@@ -613,3 +646,296 @@ def process_group_runs(pgid: int | None) -> bool:
     from grader._process import group_runs
 
     return pgid is not None and group_runs(pgid)
+
+
+# --- clusters of real servers (exercise 10.4) ---------------------------------------------
+
+# Settings that name the start of a Redis key; `cluster()` deletes the keys under each.
+REDIS_PREFIX_SETTINGS = ("REDIS_KEY_PREFIX", "CACHE_KEY_PREFIX", "INSTANCE_REGISTRY_PREFIX")
+
+_CLUSTERS: list[Cluster] = []
+# Every Redis key that this kernel's shared_settings() name starts with this.
+_KERNEL_PREFIX = f"workbook-{uuid.uuid4().hex[:8]}-"
+_SETTINGS_NUMBERS = itertools.count(1)
+
+
+def shared_redis_url() -> str:
+    """The Redis the clusters share: ``GRADE_REDIS_URL`` (as for the grader), else the default."""
+    return os.environ.get("GRADE_REDIS_URL", "").strip() or DEFAULT_REDIS_URL
+
+
+def kernel_redis_prefix() -> str:
+    """The start of every Redis key that ``shared_settings()`` hands out in this kernel."""
+    return _KERNEL_PREFIX
+
+
+def shared_settings() -> dict[str, object]:
+    """The settings of a cluster whose instances share their state, as the 10.4 checks set
+    them (exercise README, "How your app is run"): a new SQLite database in the scratch
+    folder, the Redis at ``shared_redis_url()`` with a key prefix of its own, and the
+    cache and the sessions in Redis. Each call gives a new database and a new prefix, so
+    that one experiment does not see the users or keys of another.
+    """
+    folder = _server_folder("shared")
+    prefix = f"{_KERNEL_PREFIX}{next(_SETTINGS_NUMBERS)}:"
+    return {
+        "DATABASE_URL": f"sqlite:///{folder / 'users.sqlite3'}",
+        "REDIS_URL": shared_redis_url(),
+        **dict.fromkeys(REDIS_PREFIX_SETTINGS, prefix),
+        "CACHE_BACKEND": "redis",
+        "SESSION_BACKEND": "redis",
+        "SESSION_SECRET": secrets.token_hex(16),
+        "CACHE_WARM_PATHS": "",  # no 10.1 warm-up: it only slows every start
+    }
+
+
+def own_job_queue(index: int) -> dict[str, str]:
+    """Instance ``index``'s own job queue file, as if each instance ran on a host of its own."""
+    return {"JOBS_DB_PATH": f"jobs-{index}.sqlite3"}
+
+
+def _delete_prefixed_keys(settings: Mapping[str, object]) -> None:
+    """Delete the Redis keys under each prefix that ``settings`` name (the default prefix,
+    which other apps may use, is never named here, so never touched)."""
+    prefixes = {str(settings[name]) for name in REDIS_PREFIX_SETTINGS if settings.get(name)}
+    url = str(settings.get("REDIS_URL") or shared_redis_url())
+    if not prefixes or not redis_available(url):
+        return
+    for prefix in prefixes:
+        delete_redis_keys(url, prefix)
+
+
+@contextlib.contextmanager
+def cluster(
+    package: str,
+    n: int = 2,
+    *,
+    balancer: str = "auto",
+    ready_timeout: float = 30.0,
+    **settings: object,
+) -> Iterator[Cluster]:
+    """Run ``n`` instances of ``python -m <package>`` behind a round-robin load balancer,
+    as the grader's 10.4 checks (and ``grade cluster``) do; yield the ``Cluster`` once
+    ``GET /health`` answers 200 through the balancer.
+
+    It is the grader's own ``Cluster`` (``grader/_cluster.py``): ``cluster.instances`` are
+    ``AppProcess``es (``instances[0].request(...)`` goes straight to ``instance-1``),
+    ``cluster.request(...)`` goes through the balancer, ``cluster.balancer`` says which
+    one runs (nginx where installed, else the grader's proxy). Every instance gets
+    ``settings`` (``LOG_LEVEL`` ``INFO`` unless given), ``INSTANCE_ID=instance-<i>`` and a
+    job queue file of its own; they share a folder in the scratch folder (so a relative
+    SQLite path is shared, as on one host). When the block ends, whatever happened, the
+    balancer and every instance are killed with their whole process groups, and the
+    Redis keys under the prefixes the settings name are deleted.
+    """
+    from grader._cluster import Cluster
+
+    group = Cluster(
+        package,
+        cwd=_server_folder(f"{package}-x{n}"),
+        n=n,
+        env=_server_env(settings),
+        instance_env=own_job_queue,
+        balancer=balancer,
+    )
+    _CLUSTERS.append(group)
+    try:
+        group.start(ready_timeout=ready_timeout)
+        yield group
+    finally:
+        group.kill()
+        _delete_prefixed_keys(settings)
+
+
+def started_clusters() -> list[Cluster]:
+    """Every cluster ``cluster()`` started in this kernel, in order."""
+    return list(_CLUSTERS)
+
+
+def instance_name(app: AppProcess) -> str:
+    """``instance-2``: the ``INSTANCE_ID`` a cluster gave the instance."""
+    return app.env.get("INSTANCE_ID", f"port {app.port}")
+
+
+def json_body(outcome: Outcome) -> object:
+    """The parsed JSON body of a response, or None."""
+    try:
+        return json.loads(outcome.body)
+    except ValueError:
+        return None
+
+
+def short_answer(outcome: Outcome) -> str:
+    """A response in a few words: ``200 id=3 name='Ada'``, ``404 User not found``, ``204``."""
+    if outcome.status is None:
+        return outcome.describe()
+    body = json_body(outcome)
+    if isinstance(body, dict) and "name" in body:
+        return f"{outcome.status} id={body.get('id')} name={body['name']!r}"
+    if isinstance(body, dict) and "access_token" in body:
+        return f"{outcome.status} a token"
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return f"{outcome.status} {body['detail']}"
+    text = outcome.body.strip()
+    return f"{outcome.status} {text[:40]}{'…' if len(text) > 40 else ''}".strip()
+
+
+def print_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print ``rows`` as a plain-text table with a header line, each column as wide as it
+    needs (numbers right-aligned)."""
+    table = [list(row) for row in rows]
+
+    def is_number(cell: object) -> bool:
+        return isinstance(cell, int | float) and not isinstance(cell, bool)
+
+    numeric = [bool(table) and all(is_number(row[i]) for row in table) for i in range(len(header))]
+    lines = [[str(cell) for cell in header], *([str(cell) for cell in row] for row in table)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def show(line: list[str]) -> str:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(line, widths, numeric, strict=True)
+        ]
+        return "  ".join(cells).rstrip()
+
+    print(show(lines[0]))
+    print("  ".join("-" * width for width in widths))
+    for line in lines[1:]:
+        print(show(line))
+
+
+class Transcript:
+    """Requests sent to named instances of a cluster, and what each answered.
+
+    ``send(app, method, path, ...)`` is ``app.request(...)`` (it never raises), recorded
+    with a label; ``show()`` prints them as a table: the step, the instance it was sent
+    to, the answer in a few words and the ``headers`` named when it was made.
+    """
+
+    def __init__(self, *headers: str) -> None:
+        self.headers = headers
+        self.steps: list[tuple[str, str, Outcome]] = []
+
+    def send(
+        self, app: AppProcess, method: str, path: str, *, step: str = "", **kw: Any
+    ) -> Outcome:
+        outcome = app.request(method, path, **kw)
+        self.steps.append((step or f"{method} {path}", instance_name(app), outcome))
+        return outcome
+
+    def show(self) -> None:
+        rows = []
+        for step, where, outcome in self.steps:
+            shown = [outcome.headers.get(name.lower(), "-") for name in self.headers]
+            rows.append([step, where, short_answer(outcome), *shown])
+        print_table(["step", "sent to", "answer", *self.headers], rows)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What a short load test measured: requests per second, how many requests were not
+    a success (non-2xx answers and socket errors), the median latency, and the tool."""
+
+    rps: float
+    requests: int
+    failed: int
+    p50_ms: float | None
+    tool: str
+
+
+def load_tool() -> str:
+    """``wrk`` when it is on the PATH, else ``httpx`` (a small load from this process)."""
+    return "wrk" if shutil.which("wrk") else "httpx"
+
+
+def _parse_wrk() -> Callable[[str], Any]:
+    """``parse_wrk`` of ``bench/_common.py`` (standard library only), the parser of wrk's
+    report that the benchmarks use; loaded from its file, since bench/ is no package."""
+    name = "workbook_bench_common"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "bench" / "_common.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look themselves up there
+        spec.loader.exec_module(module)
+    return module.parse_wrk
+
+
+def measure_throughput(
+    url: str,
+    *,
+    seconds: float = 1.0,
+    headers: Mapping[str, str] | None = None,
+    connections: int = 16,
+) -> Throughput:
+    """Send GET ``url`` as fast as ``connections`` keep-alive connections allow, for about
+    ``seconds``, and say how many requests per second were answered.
+
+    With wrk on the PATH it is ``wrk -t1 -c<connections> --latency``. wrk counts its
+    duration in whole seconds; for a fraction it is stopped with SIGINT, on which it
+    reports what it measured until then. Without wrk, ``connections`` threads of this
+    process send the requests, each with an httpx client: they measure the client's limits
+    as much as the server's, so the figures are lower, and the ratios are what to read.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return _client_load(url, seconds, dict(headers or {}), connections)
+    command = [wrk, "-t1", f"-c{connections}", f"-d{math.ceil(seconds)}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    with subprocess.Popen(
+        [*command, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            output, _ = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:  # only on an error: never leave a wrk behind
+                process.kill()
+    report = _parse_wrk()(output)
+    return Throughput(
+        rps=report.rps,
+        requests=report.requests,
+        failed=report.non_2xx + report.socket_errors,
+        p50_ms=report.latency_ms.get("p50"),
+        tool="wrk",
+    )
+
+
+def _client_load(url: str, seconds: float, headers: dict[str, str], connections: int) -> Throughput:
+    from grader._process import loopback_client
+
+    results: list[tuple[float, bool]] = []  # (seconds, success), from every thread
+    began = time.monotonic()
+    deadline = began + seconds
+
+    def client() -> None:
+        mine = []
+        with loopback_client() as http:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    ok = http.get(url, headers=headers).is_success
+                except httpx.HTTPError:
+                    ok = False
+                mine.append((time.perf_counter() - started, ok))
+        results.extend(mine)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 15)
+    elapsed = time.monotonic() - began
+    latencies = sorted(took for took, _ in results)
+    return Throughput(
+        rps=len(results) / elapsed,
+        requests=len(results),
+        failed=sum(1 for _, ok in results if not ok),
+        p50_ms=latencies[len(latencies) // 2] * 1000 if latencies else None,
+        tool="httpx",
+    )

@@ -7,6 +7,7 @@ fail on a missing feature; these tests check that they run and say the right thi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from nbclient import NotebookClient
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 
+from grader._services import (
+    DEFAULT_REDIS_URL,
+    ping,
+    postgres_admin_url,
+    postgres_problem,
+    require,
+)
+
 from ._support import ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,6 +33,7 @@ NOTEBOOKS = ROOT / "notebooks"
 CACHING = NOTEBOOKS / "10.1-response-caching.ipynb"
 JOBS = NOTEBOOKS / "10.2-background-jobs.ipynb"
 SHUTDOWN = NOTEBOOKS / "10.3-graceful-shutdown.ipynb"
+SCALING = NOTEBOOKS / "10.4-horizontal-scaling.ipynb"
 
 
 def execute(path: Path) -> NotebookNode:
@@ -77,7 +87,7 @@ def has_html(notebook: NotebookNode) -> bool:
     )
 
 
-@pytest.mark.parametrize("path", [CACHING, JOBS, SHUTDOWN], ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", [CACHING, JOBS, SHUTDOWN, SCALING], ids=lambda path: path.stem)
 def test_notebook_is_stored_clean(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)
@@ -197,4 +207,66 @@ def test_shutdown_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> No
         assert completed > 0
         assert "the new server answered" in text
         assert "on SIGTERM it exited with code 0" in text
+        assert "Exercise complete" in text
+
+
+def instance_counts(text: str) -> list[dict[str, int]]:
+    """The tables of cleanup runs per instance (section 2d), in order: baseline, app."""
+    rows = re.findall(r"^(instance-\d)\s+(\d+)$", text, re.MULTILINE)
+    return [{name: int(runs) for name, runs in rows[i : i + 3]} for i in range(0, len(rows), 3)]
+
+
+# Ids with the exercise in them, so that `-k 10.4` selects these runs too.
+@pytest.mark.parametrize("app", ["starter_app", "solutions.app"], ids=lambda app: f"10.4-{app}")
+def test_scaling_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its clusters share state through Redis, and the grader's checks need PostgreSQL too:
+    # without them this skips (CI=true: fails), as the grader's own checks do.
+    redis_url = os.environ.get("GRADE_REDIS_URL", DEFAULT_REDIS_URL)
+    require(ping(redis_url), f"no Redis answers at {redis_url}: the notebook needs one")
+    problem = postgres_problem(postgres_admin_url())
+    require(problem is None, f"no PostgreSQL for the grader's checks ({problem})")
+    monkeypatch.setenv("WORKBOOK_APP", app)
+    notebook = execute(SCALING)
+    text = text_of(notebook)
+
+    assert f"App under study: {app}" in text
+    assert re.search(r"The balancer is (nginx|built-in proxy)[^(]*\(", text)
+    assert has_png(notebook), "the requests/s figure is missing"
+    assert "Exercise 10.4 · Horizontal scaling" in text  # the grader's checklist
+    # Section 2, the baselines: the starter's users and sessions stay in one instance, the
+    # reference's memory cache serves a stale copy, and its cleanup runs on every instance.
+    assert "instance-2 answered 404 for the user that instance-1 had just created" in text
+    assert "instance-2 still serves the old name, 'Ada Lovelace' (X-Cache: HIT)" in text
+    assert "instance-2 answered 401 to the token instance-1 issued" in text
+    baseline_runs, app_runs = instance_counts(text)
+    assert all(runs >= 2 for runs in baseline_runs.values()), baseline_runs
+    # Section 3: a figure for each workload and each cluster size.
+    rows = re.findall(r"^(cached read|store read)\s+([123])\s+(\d+)\s", text, re.MULTILINE)
+    assert len(rows) == 6 and all(int(rps) > 0 for *_, rps in rows), rows
+    # Every cluster the notebook started is gone, and so are its Redis keys: checked inside
+    # the kernel, and again from here, by process group, now that the kernel is gone.
+    assert re.search(r"Clusters started by this notebook: [1-9]\d*;.*still running: 0\.", text)
+    assert re.search(r"Redis keys left under workbook-[0-9a-f]+-\*: 0\.", text)
+    (groups,) = re.findall(r"Their process groups: ([\d ]+)", text)
+    leftovers = [pgid for pgid in map(int, groups.split()) if group_runs(pgid)]
+    assert not leftovers, f"cluster process groups still running: {leftovers}"
+    if app == "starter_app":
+        assert "starter_app sends no X-Instance-Id header yet" in text
+        assert "Nothing changed yet: starter_app keeps its users in each process" in text
+        assert "starter_app has no response cache (no X-Cache header)" in text
+        assert "Nothing changed yet: starter_app's instance-2 does not honour the token" in text
+        assert "it has no recurring cleanup yet" in text
+        assert sum(app_runs.values()) == 0, app_runs
+        assert "Not done yet" in text
+    else:
+        assert "Round robin: the 3 instances answered in turn." in text
+        assert "instance-2 answered 200 with the user that instance-1 created" in text
+        assert "The same email on instance-2 is a 409" in text
+        assert "instance-2 serves the new name, 'Ada King'" in text
+        assert "The token issued by instance-1 works on instance-2" in text
+        assert "The logout on instance-2 ended the session everywhere" in text
+        # One cleanup per interval for the cluster: 4 s, give or take a run.
+        assert 2 <= sum(app_runs.values()) <= 5, app_runs
+        assert "About once per interval for the whole cluster" in text
+        assert re.search(r"The lock in Redis: workbook-[0-9a-f]+-\d+:\S*lock", text)
         assert "Exercise complete" in text
