@@ -18,7 +18,7 @@ import pytest
 
 from grader import grade, load_course
 from grader._render import render_text
-from grader._services import SharedRedis
+from grader._services import SharedRedis, postgres_admin_url
 
 from ._support import copy_reference, patch_file
 from .mutants import MUTANTS, Mutant
@@ -71,6 +71,19 @@ def run_grade(
     )
 
 
+def databases_named(prefix: str) -> list[str]:
+    """The PostgreSQL databases whose name starts with `prefix` (none if no server runs:
+    then no check could create one)."""
+    try:
+        with psycopg.connect(postgres_admin_url(), connect_timeout=2) as connection:
+            rows = connection.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+            ).fetchall()
+    except psycopg.OperationalError:
+        return []
+    return [row[0] for row in rows]
+
+
 def processes_with(marker: str) -> list[str]:
     """The live processes (zombies aside) whose environment holds `marker`: every process a
     grading run starts (its pytest, the app servers its checks launch) inherits it."""
@@ -99,8 +112,11 @@ def test_reference_passes_every_criterion(exercise: str, tmp_path: Path) -> None
     args = (exercise, "--solution", "--format", "json", "--report-dir", "out")
     marker = f"GRADING_TEST_RUN={uuid.uuid4().hex}"
     name, _, value = marker.partition("=")
-    done = run_grade(*args, cwd=tmp_path, env={**os.environ, name: value})
+    databases = f"grade_{value[:12]}_"  # the prefix of every database the run creates
+    env = {**os.environ, name: value, "GRADE_DATABASE_PREFIX": databases}
+    done = run_grade(*args, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert databases_named(databases) == []
     if Path("/proc/self/environ").exists():  # Linux: nothing the run started outlives it
         # (the harness's watchdog may take a moment to see its pytest gone and exit)
         deadline = time.monotonic() + 5
