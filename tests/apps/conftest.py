@@ -1,6 +1,8 @@
 """Fixtures: every test runs once against ``starter_app`` and once against ``solutions.app``."""
 
 import importlib
+import io
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -66,3 +68,21 @@ def in_a_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """Run each app test in its own folder: files an app writes by default (the 10.2 job
     queue's jobs.sqlite3, say) land there, not in the repository."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """What the app's loggers print at INFO, formatted as the app does (request ids on)."""
+    from solutions.app.tracing import LOG_FORMAT_WITH_ID, RequestIdFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT_WITH_ID))
+    handler.addFilter(RequestIdFilter())
+    package = logging.getLogger("solutions.app")
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    yield stream
+    package.removeHandler(handler)
+    package.setLevel(level)

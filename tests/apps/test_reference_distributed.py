@@ -18,7 +18,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -325,22 +325,6 @@ def traced_app() -> FastAPI:
 
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """What the app's loggers print, formatted as the app would with request ids on."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT_WITH_ID))
-    handler.addFilter(RequestIdFilter())
-    package = logging.getLogger("solutions.app")
-    level = package.level
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    yield stream
-    package.removeHandler(handler)
-    package.setLevel(level)
 
 
 @pytest.mark.anyio

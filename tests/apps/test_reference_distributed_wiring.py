@@ -31,7 +31,7 @@ from solutions.app.jobs import JobQueue, build_job_queue
 from solutions.app.logs import configure_logging
 from solutions.app.metrics import Metrics
 from solutions.app.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from solutions.app.tracing import LOG_FORMAT_WITH_ID, RequestIdFilter
+from solutions.app.tracing import RequestIdFilter
 
 from .helpers import ADMIN_TOKEN, create_user, metric_samples, unique_email
 
@@ -68,21 +68,6 @@ def make_app(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., T
             return stack.enter_context(TestClient(create_app(make_settings(**overrides))))
 
         yield make
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """What the app's loggers print, formatted as the app does."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT_WITH_ID))
-    handler.addFilter(RequestIdFilter())
-    package = logging.getLogger("solutions.app")
-    level = package.level
-    package.addHandler(handler)
-    yield stream
-    package.removeHandler(handler)
-    package.setLevel(level)
 
 
 def on_shared_redis(redis: SharedRedis) -> dict[str, str]:
