@@ -263,7 +263,10 @@ def _cluster(args: argparse.Namespace) -> int:
         balancer=args.balancer,
         port=args.port,
     )
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGINT too, explicitly: a shell starts a background job with SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt. SIGHUP: the terminal went away.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
     try:
         print(f"grade cluster: starting {args.instances} instance(s) of {package}...", flush=True)
         cluster.start()
@@ -286,8 +289,8 @@ def _cluster(args: argparse.Namespace) -> int:
         pass
     finally:
         # A second Ctrl-C must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         cluster.kill()
     print("grade cluster: stopped; the balancer and every instance are gone", flush=True)
     return 0

@@ -469,10 +469,21 @@ class Output:
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("stop", "ignored"),
+    [
+        (signal.SIGINT, False),
+        (signal.SIGTERM, False),
+        (signal.SIGHUP, False),
+        (signal.SIGINT, True),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGINT-ignored-by-the-shell"],
+)
 def test_grade_cluster_serves_until_stopped(
-    packages: Path, tmp_path: Path, stop: signal.Signals
+    packages: Path, tmp_path: Path, stop: signal.Signals, ignored: bool
 ) -> None:
+    """`ignored`: started as `grade cluster &` in a script is, with SIGINT ignored, which
+    Python then never turns into KeyboardInterrupt unless the command handles it itself."""
     port = free_port()
     command = [GRADE, "cluster", "--app", "clusterapp", "-n", "2", f"--port={port}"]
     command += ["--env", "COLOR=blue", f"--workdir={tmp_path / 'work'}"]
@@ -484,6 +495,7 @@ def test_grade_cluster_serves_until_stopped(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None,
     )
     output = Output(process)
     try:
