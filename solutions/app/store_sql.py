@@ -22,6 +22,8 @@ instance, possibly at the same moment; see ``open`` for how that stays safe.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +47,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.types import TypeDecorator
@@ -59,6 +61,8 @@ ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "psycopg"}
 # How long a SQLite writer waits for another process's write to finish, instead of failing
 # at once with "database is locked". Writes take milliseconds: seconds is ample.
 SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
+# Between two tries to switch a SQLite file to WAL mode (see Database._use_wal).
+WAL_RETRY_SECONDS = 0.02
 # Any fixed 64-bit number, the same in every instance: the PostgreSQL advisory lock taken
 # while the schema is created. (These are the bytes of "UsersAPI".)
 SCHEMA_LOCK_KEY = 0x5573657273415049
@@ -153,15 +157,34 @@ class Database:
         SQLite also switches the file to WAL mode (kept in the file), in which readers
         never wait for a writer.
         """
+        if self.kind == "sqlite":
+            await self._use_wal()
         async with self.engine.begin() as connection:
             if self.kind == "postgresql":
                 await connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
                 )
-            else:
-                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
             await connection.execute(CreateTable(users, if_not_exists=True))
             await connection.execute(CreateIndex(active_email_index, if_not_exists=True))
+
+    async def _use_wal(self) -> None:
+        """Switch the SQLite file to WAL mode, waiting for instances that do it at once.
+
+        Changing the journal mode needs the file to itself, and SQLite answers "database is
+        locked" at once, without its busy timeout, when another connection holds it then
+        (it does not wait where waiting could deadlock). Two instances starting on a new
+        file together hit that: so retry, briefly, for as long as the busy timeout.
+        """
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(WAL_RETRY_SECONDS)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -18,8 +18,10 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -658,3 +660,28 @@ def test_a_worker_process_sees_the_users_of_the_api(
         with suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(5)
+
+
+@pytest.mark.anyio
+async def test_sqlite_open_waits_for_another_instance_holding_the_file(tmp_path: Path) -> None:
+    """Switching to WAL mode while another connection holds a write lock fails at once with
+    "database is locked" (SQLite's busy timeout does not apply there): two instances
+    starting together on a new file met this. `open` retries until the lock is gone."""
+    path = tmp_path / "busy.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN IMMEDIATE")  # another instance, in the middle of its own start
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    database = Database.from_url(f"sqlite:///{path}")
+    try:
+        started = time.monotonic()
+        await database.open()
+        assert time.monotonic() - started >= 0.25  # it did wait for the other instance
+        async with database.engine.connect() as connection:
+            mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        assert mode == "wal"
+    finally:
+        release.join()
+        other.close()
+        await database.aclose()
