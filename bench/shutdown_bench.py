@@ -92,18 +92,6 @@ SETTINGS = {
     "LOG_LEVEL": "WARNING",
     "ADMIN_TOKEN": "shutdown-bench-admin-token",
 }
-# The 10.3 variables, on top of the grader's list of contract variables: a value left in
-# the shell must not change what is measured.
-SHUTDOWN_ENV = (
-    "SHUTDOWN_TIMEOUT_SECONDS",
-    "SHUTDOWN_DRAIN_DELAY_SECONDS",
-    "PRE_SHUTDOWN_HOOK_TIMEOUT_SECONDS",
-    "SHUTDOWN_TEST_HOOK_SECONDS",
-    "SHUTDOWN_WEBHOOK_URL",
-    "INSTANCE_ID",
-    "INSTANCE_REGISTRY",
-    "INSTANCE_REGISTRY_PREFIX",
-)
 
 
 class BenchError(RuntimeError):
@@ -284,7 +272,7 @@ def bench_env() -> dict[str, str]:
     SHUTDOWN_DRAIN_DELAY_SECONDS left in the shell must not change what is measured."""
     from grader._runner import CONTRACT_ENV
 
-    for name in (*CONTRACT_ENV, *SHUTDOWN_ENV):
+    for name in CONTRACT_ENV:  # the grader's list, 10.3's variables included
         os.environ.pop(name, None)
     env = checkout_env({"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
     return {**env, **SETTINGS}
