@@ -233,14 +233,17 @@ def create_user(app: App) -> dict[str, Any]:
     return response.json()
 
 
-def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(
+    probe: Callable[[], Any], timeout: float, what: str, *, seen: Callable[[], Any] | None = None
+) -> Any:
+    """`probe()` once it is truthy; fail after `timeout` s, showing `seen()` if given."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
+            pytest.fail(f"{what}: not within {timeout} s" + (f"; seen: {seen()}" if seen else ""))
         time.sleep(0.05)
 
 
@@ -620,11 +623,19 @@ def test_jobs_running_when_the_process_is_killed_end_failed_after_a_restart(
     app = launch(JOBS_WORKER="inprocess", EMAIL_LATENCY_MS=3000)
     for _ in range(3):
         create_user(app)
-    app.wait_for_output(r"job started id=\S+ name=send_welcome_email", timeout=5)
+    registry = JobRegistry(str(tmp_path / "jobs.sqlite3"))
+    # Both worker threads (JOBS_WORKERS=2) in a 3 s email, the third job in huey's queue.
+    # Not just the first "job started" line: the kill must not land between the second
+    # thread's dequeue and its job's start (a job lost that way is not what this tests).
+    wait_until(
+        lambda: [r.status for r in registry.recent()].count("running") == 2,
+        10,
+        "two welcome jobs running",
+        seen=lambda: [(r.id, r.status) for r in registry.recent()],
+    )
 
     os.killpg(app.pid, signal.SIGKILL)  # chaos: no cleanup at all
     app.wait(5)
-    registry = JobRegistry(str(tmp_path / "jobs.sqlite3"))
     assert "running" in {r.status for r in registry.recent()}
 
     launch(port=app.port, JOBS_WORKER="inprocess", EMAIL_LATENCY_MS=3000)
@@ -633,7 +644,12 @@ def test_jobs_running_when_the_process_is_killed_end_failed_after_a_restart(
         records = registry.recent(name="send_welcome_email")
         return records if all(r.status in ("succeeded", "failed") for r in records) else None
 
-    records = wait_until(final, 20, "every welcome job succeeded or failed")
+    records = wait_until(
+        final,
+        20,
+        "every welcome job succeeded or failed",
+        seen=lambda: [(r.id, r.status, r.attempts) for r in registry.recent()],
+    )
     assert len(records) == 3
     for record in records:
         if record.status == "failed":  # running when killed: its outcome is unknown
