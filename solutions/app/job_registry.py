@@ -350,6 +350,34 @@ class JobRegistry:
             conn.execute("DELETE FROM job_worker WHERE last_seen <= ?", (stale_before,))
         return [_record(row) for row in rows]
 
+    def queued_ids(self) -> set[str]:
+        """The ids of every job recorded as queued (waiting, or delayed, or to retry)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id FROM job_record WHERE status = 'queued'").fetchall()
+        return {row[0] for row in rows}
+
+    def fail_lost_jobs(self, at: datetime, job_ids: set[str]) -> list[JobRecord]:
+        """Fail those of ``job_ids`` that are still queued: jobs that no queue holds any more.
+
+        A worker took each from huey's queue and died before starting it (a kill between the
+        two). It never ran, but its task is gone, so nothing would ever run it: it fails
+        into the dead-letter queue, where someone can requeue it. Returns the jobs failed.
+        """
+        if not job_ids:
+            return []
+        ids = sorted(job_ids)
+        lost = f"status = 'queued' AND id IN ({', '.join('?' * len(ids))})"
+        with self._transaction() as conn:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM job_record WHERE {lost}", ids).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE job_record SET status = 'failed', dead_letter = 1, finished_at = ?, "
+                    "error = 'lost: a worker took it from the queue and died before it "
+                    f"started' WHERE {lost}",
+                    (_text(at), *ids),
+                )
+        return [_record(row) for row in rows]
+
     # --- reading records ----------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:

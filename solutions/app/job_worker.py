@@ -39,7 +39,7 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from huey.consumer import Consumer, Scheduler
 
-from .job_registry import utcnow
+from .job_registry import JobRecord, utcnow
 from .jobs import JobQueue, build_job_queue
 from .locks import SyncRecurringRunGate
 from .metrics import Metrics
@@ -69,7 +69,10 @@ class WorkerLease:
     """
 
     def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
         self.registry = queue.registry
+        # Queued jobs that no queue held at the last beat (see _recover_lost_jobs).
+        self._unheld: set[str] = set()
         # Readable in the records (host and pid), unique even where pids repeat
         # (containers), thanks to the random part.
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -80,6 +83,22 @@ class WorkerLease:
         """Beat once (before any job starts under this id), recover, then keep beating."""
         self._beat()
         self._thread.start()
+
+    def _recover_lost_jobs(self, now: datetime) -> list[JobRecord]:
+        """Fail the queued jobs that huey holds neither in its queue nor in its schedule,
+        at two beats in a row.
+
+        A job leaves the queue when a worker takes it, and is marked running a moment later;
+        a process killed in between leaves it queued in the records and nowhere in huey.
+        Two beats, a second apart: a live worker marks its job running within milliseconds,
+        and the scheduler moves a due job from the schedule to the queue as fast.
+        """
+        huey = self.queue.huey
+        held = {task.id for task in huey.pending()} | {task.id for task in huey.scheduled()}
+        unheld = self.registry.queued_ids() - held
+        lost = self.registry.fail_lost_jobs(now, unheld & self._unheld)
+        self._unheld = unheld - {job.id for job in lost}
+        return lost
 
     def stop(self) -> None:
         self._stopped.set()
@@ -99,18 +118,16 @@ class WorkerLease:
         try:
             self.registry.heartbeat(self.worker_id, now)
             orphans = self.registry.fail_orphaned_jobs(now, lease_seconds=LEASE_SECONDS)
+            lost = self._recover_lost_jobs(now)
         except Exception:
             # Logged, not raised: the next beat tries again, and a lost beat or two is
             # what the lease is for.
             logger.exception("worker heartbeat failed")
             return
-        for job in orphans:
-            logger.warning(
-                "job failed id=%s name=%s error=%r",
-                job.id,
-                job.name,
-                "interrupted: the process running it died",
-            )
+        failed = [(job, "interrupted: the process running it died") for job in orphans]
+        failed += [(job, "lost: the process that took it died before it started") for job in lost]
+        for job, error in failed:
+            logger.warning("job failed id=%s name=%s error=%r", job.id, job.name, error)
 
 
 class RecurringJob:

@@ -727,6 +727,39 @@ def test_a_job_whose_worker_stopped_beating_is_failed_into_the_dead_letter_queue
     queue.close()
 
 
+def test_a_job_taken_from_the_queue_by_a_worker_that_died_is_failed_after_two_beats(
+    tmp_path: Path,
+) -> None:
+    """A kill between huey's dequeue and the job's start leaves the record queued and the
+    task nowhere: seen at two heartbeats in a row, it fails into the dead-letter queue."""
+    from solutions.app.job_registry import utcnow
+    from solutions.app.job_worker import WorkerLease
+    from solutions.app.jobs import JobQueue, build_job_queue
+    from solutions.app.metrics import Metrics
+
+    queue: JobQueue = build_job_queue(in_process_settings(tmp_path), Metrics())
+    held, taken = (queue.enqueue("sleep", {"seconds": 0}) for _ in range(2))
+    delayed = queue.enqueue("sleep", {"seconds": 0}, delay_seconds=60)
+    # A worker that died right after taking `taken` from huey's queue (and not `held`):
+    huey = queue.huey
+    waiting = [huey.dequeue() for _ in range(2)]
+    huey.enqueue(next(task for task in waiting if task.id == held.id))
+    lease = WorkerLease(queue)
+
+    assert lease._recover_lost_jobs(utcnow()) == []  # one beat: maybe a live worker's moment
+    lost = lease._recover_lost_jobs(utcnow())
+
+    assert [job.id for job in lost] == [taken.id]
+    record = queue.registry.get(taken.id)
+    assert record is not None and (record.status, record.dead_letter) == ("failed", True)
+    assert "died before it started" in (record.error or "")
+    for kept in (held, delayed):
+        record = queue.registry.get(kept.id)
+        assert record is not None and record.status == "queued", record
+    assert lease._recover_lost_jobs(utcnow()) == []  # once only
+    queue.close()
+
+
 def test_the_dockerfile_runs_the_app_in_exec_form_and_stops_it_with_sigterm() -> None:
     dockerfile = (REPO_ROOT / "solutions" / "Dockerfile").read_text()
     instructions = [
