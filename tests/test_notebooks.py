@@ -87,6 +87,13 @@ def has_html(notebook: NotebookNode) -> bool:
     )
 
 
+def assert_process_groups_gone(text: str) -> None:
+    """Every process group the notebook listed ("Their process groups: ...") has ended."""
+    (groups,) = re.findall(r"Their process groups: ([\d ]+)", text)
+    leftovers = [pgid for pgid in map(int, groups.split()) if group_runs(pgid)]
+    assert not leftovers, f"process groups still running: {leftovers}"
+
+
 @pytest.mark.parametrize("path", [CACHING, JOBS, SHUTDOWN, SCALING], ids=lambda path: path.stem)
 def test_notebook_is_stored_clean(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
@@ -187,9 +194,7 @@ def test_shutdown_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> No
     # Every server the notebook started is gone: checked inside the kernel before it ended,
     # and again from here, by process group, now that the kernel is gone.
     assert re.search(r"Servers started by this notebook: [1-9]\d*; still running: 0\.", text)
-    (groups,) = re.findall(r"Their process groups: ([\d ]+)", text)
-    leftovers = [pgid for pgid in map(int, groups.split()) if group_runs(pgid)]
-    assert not leftovers, f"server process groups still running: {leftovers}"
+    assert_process_groups_gone(text)
     if app == "starter_app":
         assert "5 of the 5 shutdown lines are missing" in text
         assert "There is no time limit" in text
@@ -247,9 +252,7 @@ def test_scaling_notebook_runs(app: str, monkeypatch: pytest.MonkeyPatch) -> Non
     # the kernel, and again from here, by process group, now that the kernel is gone.
     assert re.search(r"Clusters started by this notebook: [1-9]\d*;.*still running: 0\.", text)
     assert re.search(r"Redis keys left under workbook-[0-9a-f]+-\*: 0\.", text)
-    (groups,) = re.findall(r"Their process groups: ([\d ]+)", text)
-    leftovers = [pgid for pgid in map(int, groups.split()) if group_runs(pgid)]
-    assert not leftovers, f"cluster process groups still running: {leftovers}"
+    assert_process_groups_gone(text)
     if app == "starter_app":
         assert "starter_app sends no X-Instance-Id header yet" in text
         assert "Nothing changed yet: starter_app keeps its users in each process" in text
